@@ -1,0 +1,109 @@
+"""The weights catalog (`weights/catalog.json`) and downloads into `weights/`.
+
+A catalog entry names a checkpoint the project knows: its Hugging Face mirrors, its file name, the
+pinned sha256 (where known) and facts the tensors cannot tell (prediction type, native image size).
+`fetch(name)` returns a verified local path, downloading with huggingface-hub on first use.
+"""
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+from .errors import UserError
+
+CATALOG_PATH = Path(__file__).resolve().parent.parent / "weights" / "catalog.json"
+
+
+def weights_dir() -> Path:
+    """Where downloads go: $SD_INTERP_WEIGHTS, else the repository's `weights/` folder."""
+    return Path(os.environ.get("SD_INTERP_WEIGHTS", CATALOG_PATH.parent))
+
+
+def catalog() -> dict:
+    with open(CATALOG_PATH) as f:
+        return {k: v for k, v in json.load(f).items() if not k.startswith("_")}
+
+
+def sha256_of(path, chunk=1 << 24) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _verify(path: Path, entry: dict) -> None:
+    """Check a file against its pinned sha256 once; a `.sha256` stamp beside it records success."""
+    stamp = path.with_name(path.name + ".sha256")
+    if not entry.get("sha256") or (stamp.exists() and stamp.read_text().strip() == entry["sha256"]):
+        return
+    actual = sha256_of(path)
+    if actual != entry["sha256"]:
+        raise UserError(f"{path} has sha256 {actual}, but the catalog pins {entry['sha256']}: "
+                        f"delete the file and download it again")
+    stamp.write_text(actual + "\n")
+
+
+def _download(entry: dict, dest: Path) -> None:
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:  # pragma: no cover - huggingface-hub is a declared dependency
+        raise UserError("huggingface-hub is not installed: pip install huggingface-hub") from None
+    errors = []
+    for mirror in entry["mirrors"]:
+        try:
+            got = hf_hub_download(mirror["repo"], mirror["path"], local_dir=dest.parent / ".hf")
+        except Exception as e:  # offline, gated, removed: try the next mirror
+            errors.append(f"{mirror['repo']}: {type(e).__name__}")
+            continue
+        shutil.move(got, dest)
+        return
+    where = ", ".join(f"{m['repo']}/{m['path']}" for m in entry["mirrors"])
+    raise UserError(f"could not download {entry['file']} ({'; '.join(errors)}): download it by hand "
+                    f"from Hugging Face ({where}) and put it at {dest}")
+
+
+def fetch(name: str, download: bool = True) -> Path:
+    """Local, verified path of catalog entry `name`, downloading it on first use."""
+    entries = catalog()
+    if name not in entries:
+        raise UserError(f"unknown catalog name {name!r}; known: {', '.join(sorted(entries))}")
+    entry = entries[name]
+    dest = weights_dir() / entry["file"]
+    if not dest.exists():
+        if not download:
+            raise UserError(f"{dest} is missing: download {entry['file']} from "
+                            f"{entry['mirrors'][0]['repo']} on Hugging Face into {dest.parent}")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        _download(entry, dest)
+    _verify(dest, entry)
+    return dest
+
+
+def resolve(name_or_path, kind: str) -> Path:
+    """A path as given, or a catalog name of the given kind turned into a local path."""
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    entries = catalog()
+    if str(name_or_path) in entries:
+        if entries[str(name_or_path)]["kind"] != kind:
+            raise UserError(f"catalog entry {name_or_path!r} is a {entries[str(name_or_path)]['kind']}, not a {kind}")
+        return fetch(str(name_or_path))
+    raise UserError(f"{name_or_path} does not exist and is not a catalog name "
+                    f"(known {kind} names: {', '.join(k for k, v in entries.items() if v['kind'] == kind)})")
+
+
+def lookup(path) -> tuple:
+    """(name, entry) of the catalog entry a local file is, by file name, else by size and sha256."""
+    path = Path(path)
+    entries = catalog()
+    for name, entry in entries.items():
+        if entry["file"] == path.name:
+            return name, entry
+    size = path.stat().st_size
+    for name, entry in entries.items():
+        if entry.get("size") == size and entry.get("sha256") and sha256_of(path) == entry["sha256"]:
+            return name, entry
+    return None, None

@@ -1,0 +1,26 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="sd-interp",
+    version="0.1.0",
+    description="Interpolating between images with diffusion models (Wang & Golland 2023) in pure PyTorch: "
+                "hand-written SD 2.1, ControlNet, OpenCLIP, DDIM and OpenPose",
+    packages=find_packages(include=["ldm", "interp", "pose"]),
+    package_data={"ldm": ["data/bpe_simple_vocab_16e6.txt.gz"]},
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.1",
+        "safetensors>=0.4",
+        "huggingface-hub>=0.20",
+        "numpy>=1.24",
+        "pillow>=9",
+        "opencv-python-headless>=4.8,<5",
+    ],
+    extras_require={
+        # open_clip's model zoo, for GPU stacks only: on a CPU torch it pulls a CUDA torchvision that
+        # replaces torch. Nothing in this package imports it.
+        "openclip": ["open-clip-torch"],
+        "test": ["pytest"],
+    },
+    entry_points={"console_scripts": []},
+)

@@ -1,0 +1,62 @@
+"""Shared fixtures: the reference's tiny golden cases and the tiny weights regenerated from their rule."""
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "tests" / "data"
+sys.path.insert(0, str(ROOT / "tools"))
+
+import make_fixture_weights  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def cases():
+    """Inputs and reference outputs computed with the original SD 2.1 / ControlNet code."""
+    return load_file(DATA / "cases.safetensors")
+
+
+@pytest.fixture(scope="session")
+def case_prompts():
+    meta = safe_open(DATA / "cases.safetensors", "pt").metadata()
+    return {"prompts": json.loads(meta["prompts"]), "long": meta["long_prompt"], "empty": meta["empty_prompt"]}
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    return DATA / "config.json"
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory, tiny_config):
+    """tiny.safetensors (with its config beside it as tiny.safetensors.json) and controlnet.safetensors,
+    regenerated bit for bit from the fixture rule (seed 1234)."""
+    d = tmp_path_factory.mktemp("tiny")
+    make_fixture_weights.main(["sd", "--config", str(tiny_config), "--seed", "1234", "--out", str(d / "tiny.safetensors")])
+    make_fixture_weights.main(["controlnet", "--config", str(tiny_config), "--seed", "1234",
+                               "--out", str(d / "controlnet.safetensors")])
+    shutil.copy(tiny_config, d / "tiny.safetensors.json")
+    shutil.copy(tiny_config, d / "controlnet.safetensors.json")
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tiny_dir):
+    return tiny_dir / "tiny.safetensors"
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tiny_ckpt):
+    import ldm
+    return ldm.load_checkpoint(tiny_ckpt)
+
+
+@pytest.fixture(scope="session")
+def tiny_controlnet(tiny_dir):
+    from ldm.controlnet import load_controlnet
+    return load_controlnet(tiny_dir / "controlnet.safetensors")

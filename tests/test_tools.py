@@ -1,0 +1,34 @@
+"""tools/: the fixture writer reproduces the reference weights' rule; the inspector reads headers only."""
+import subprocess
+import sys
+
+import torch
+
+from conftest import ROOT
+from make_fixture_weights import fixture_tensor
+from ldm.safetensors_io import SafetensorsFile
+
+
+def test_fixture_rule_categories():
+    assert fixture_tensor("a.norm.weight", (64,), 1).sub(1).abs().max() < 0.5  # 1 + 0.05 N
+    assert fixture_tensor("a.bias", (64,), 1).abs().max() < 0.2  # 0.02 N
+    w = fixture_tensor("a.weight", (256, 64, 3, 3), 1)
+    assert abs(w.std().item() - (64 * 9) ** -0.5) < 2e-3  # N / sqrt(fan_in)
+    assert torch.equal(fixture_tensor("k", (3,), 7), fixture_tensor("k", (3,), 7))
+    assert not torch.equal(fixture_tensor("k", (3,), 7), fixture_tensor("k", (3,), 8))
+
+
+def test_regenerated_tiny_checkpoint_has_the_reference_layout(tiny_ckpt):
+    st = SafetensorsFile(tiny_ckpt)
+    assert len(st.keys()) == 988  # 686 UNet + 248 VAE + 42 text + 12 schedule buffers
+    assert st.metadata["seed"] == "1234"
+
+
+def test_inspect_checkpoint(tiny_dir):
+    out = subprocess.run([sys.executable, str(ROOT / "tools" / "inspect_checkpoint.py"), str(tiny_dir / "tiny.safetensors")],
+                         capture_output=True, text=True, check=True).stdout
+    assert "detected    sd2" in out and "12 of 12 buffers" in out
+    assert out.count("keys and shapes match") == 3  # the config beside the file is used
+    bad = subprocess.run([sys.executable, str(ROOT / "tools" / "inspect_checkpoint.py"), str(ROOT / "setup.py")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and bad.stderr.startswith("error:") and bad.stderr.count("\n") == 1
