@@ -22,5 +22,9 @@ setup(
         "openclip": ["open-clip-torch"],
         "test": ["pytest"],
     },
-    entry_points={"console_scripts": []},
+    entry_points={"console_scripts": [
+        "txt2img = ldm.cli:txt2img_main",
+        "img2img = ldm.cli:img2img_main",
+        "pose-detect = pose.cli:main",
+    ]},
 )

@@ -1,0 +1,106 @@
+"""DDIM sampling (Song et al. 2021; ldm `DDIMSampler`) with classifier-free guidance.
+
+The sampler walks a subsequence of the 1000 training timesteps. From a latent x_t it predicts the clean
+latent and the noise, then steps to the previous DDIM timestep:
+
+    pred_x0 = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t)
+    x_prev  = sqrt(a_prev) pred_x0 + sqrt(1 - a_prev - sigma_t^2) eps + sigma_t z,
+    sigma_t = eta sqrt((1 - a_prev) / (1 - a_t)) sqrt(1 - a_t / a_prev)
+
+(eta = 0: deterministic). A v-prediction model's output is turned into eps and pred_x0 first. Sampling
+can start at any step index k of the schedule, from a latent noised to timestep[k] (`q_sample`), which is
+what img2img and the interpolation method need. All update arithmetic runs in float32.
+"""
+import numpy as np
+import torch
+
+from .errors import UserError
+from .schedule import NoiseSchedule
+
+
+def ddim_timesteps(num_steps: int, num_train: int = 1000) -> np.ndarray:
+    """The reference's 'uniform' DDIM timesteps: range(0, T, T // S) + 1 (1, 6, ..., 996 for S = 200).
+
+    As in the reference, when S does not divide T the list holds len(range(0, T, T // S)) steps. For
+    S > T/2 the stride is 1 and the +1 shift would run past the schedule, so it is dropped (0 .. T-1).
+    """
+    if not 1 <= num_steps <= num_train:
+        raise UserError(f"the number of DDIM steps must be between 1 and {num_train}, not {num_steps}")
+    steps = np.arange(0, num_train, num_train // num_steps)
+    return steps + 1 if steps[-1] + 1 < num_train else steps
+
+
+class DDIM:
+    def __init__(self, schedule: NoiseSchedule, prediction: str, num_steps: int = 200, eta: float = 0.0):
+        if prediction not in ("v", "eps"):
+            raise UserError(f"prediction must be 'v' or 'eps', not {prediction!r}")
+        self.schedule, self.prediction, self.eta = schedule, prediction, eta
+        self.timesteps = ddim_timesteps(num_steps, schedule.num_timesteps)
+        ac = schedule.alphas_cumprod
+        # As the reference: float32 buffer values gathered into float64 arrays.
+        self.alphas = ac[self.timesteps].double().numpy()
+        self.alphas_prev = np.concatenate([[ac[0].item()], ac[self.timesteps[:-1]].double().numpy()])
+        self.sigmas = eta * np.sqrt((1 - self.alphas_prev) / (1 - self.alphas) * (1 - self.alphas / self.alphas_prev))
+
+    def __len__(self):
+        return len(self.timesteps)
+
+    def index_at_or_below(self, t: int) -> int:
+        """The step index whose timestep is the largest not above t (where to start from a noise level t)."""
+        below = np.nonzero(self.timesteps <= t)[0]
+        if len(below) == 0:
+            raise UserError(f"timestep {t} is below the first DDIM timestep {self.timesteps[0]}")
+        return int(below[-1])
+
+    def eps_and_x0(self, out, x, t):
+        """(eps, pred_x0) from the model output at timestep(s) t, for either prediction type."""
+        out = out.float()
+        if self.prediction == "v":
+            a, s = self.schedule._at("sqrt_alphas_cumprod", t, x), self.schedule._at("sqrt_one_minus_alphas_cumprod", t, x)
+            return a * out + s * x, a * x - s * out
+        a_t = torch.tensor(self.alphas[self._index_of(t)], dtype=torch.float32)
+        return out, (x - (1 - a_t).sqrt() * out) / a_t.sqrt()
+
+    def _index_of(self, t):
+        return int(np.nonzero(self.timesteps == int(torch.as_tensor(t).reshape(-1)[0]))[0][0])
+
+    def step(self, out, x, index: int, generator=None):
+        """One DDIM update from step `index` to `index - 1`: returns (x_prev, pred_x0), float32."""
+        x = x.float()
+        eps, pred_x0 = self.eps_and_x0(out, x, int(self.timesteps[index]))
+        f32 = lambda v: torch.tensor(float(v), dtype=torch.float32, device=x.device)  # noqa: E731 (as torch.full)
+        a_prev, sigma = f32(self.alphas_prev[index]), f32(self.sigmas[index])
+        x_prev = a_prev.sqrt() * pred_x0 + (1.0 - a_prev - sigma ** 2).sqrt() * eps
+        if self.eta > 0:
+            x_prev = x_prev + sigma * torch.randn(x.shape, generator=generator, device=x.device)
+        return x_prev, pred_x0
+
+    @torch.no_grad()
+    def sample(self, model, x, cond, uncond=None, guidance: float = 1.0, start: int = None, callback=None,
+               generator=None):
+        """Denoise x (noised to timestep[start]; pure noise at the last index by default) down to step 0.
+
+        `model(x, t, context)` returns the network output (eps or v); with `uncond` and guidance != 1,
+        classifier-free guidance evaluates it once on the batch [uncond; cond]:
+        out = out_uncond + guidance (out_cond - out_uncond). `callback(i, index, t, x_prev, pred_x0)`
+        runs after every step. Returns the final latent (float32).
+        """
+        start = len(self) - 1 if start is None else start
+        if not 0 <= start < len(self):
+            raise UserError(f"start index must be in [0, {len(self) - 1}], not {start}")
+        x = x.float()
+        guided = uncond is not None and guidance != 1.0
+        for i, index in enumerate(range(start, -1, -1)):
+            t = torch.full((x.shape[0] * (2 if guided else 1),), int(self.timesteps[index]), device=x.device, dtype=torch.long)
+            if guided:
+                out_u, out_c = model(torch.cat([x, x]), t, torch.cat([uncond, cond])).float().chunk(2)
+                out = out_u + guidance * (out_c - out_u)
+            else:
+                out = model(x, t, cond)
+            x, pred_x0 = self.step(out, x, index, generator)
+            if not torch.isfinite(x).all():
+                raise UserError(f"the sampler produced NaN/inf at step {index} (t={int(t[0])}): with float16 "
+                                f"try --dtype bfloat16 or float32")
+            if callback is not None:
+                callback(i, index, int(t[0]), x, pred_x0)
+        return x

@@ -1,0 +1,129 @@
+"""Noise schedule and DDIM sampler against the reference `DDIMSampler` (tiny config, v-prediction, CFG 7.5)."""
+import numpy as np
+import pytest
+import torch
+
+from ldm.ddim import DDIM, ddim_timesteps
+from ldm.denoiser import Denoiser
+from ldm.errors import UserError
+
+
+def close(a, b, atol=1e-4, rtol=1e-4):
+    torch.testing.assert_close(a, b, atol=atol, rtol=rtol)
+
+
+def test_training_schedule(tiny_sd, cases):
+    assert torch.equal(tiny_sd.schedule.buffers["betas"], cases["sched_betas"])
+    assert torch.equal(tiny_sd.schedule.alphas_cumprod, cases["sched_alphas_cumprod"])
+
+
+def test_q_sample_and_v_target_exact(tiny_sd, cases):
+    assert torch.equal(tiny_sd.schedule.q_sample(cases["qs_z0"], cases["qs_t"], cases["qs_eps"]), cases["qs_zt"])
+    assert torch.equal(tiny_sd.schedule.v_target(cases["qs_z0"], cases["qs_t"], cases["qs_eps"]), cases["qs_v"])
+
+
+def test_200_step_schedule_exact(tiny_sd, cases):
+    d = DDIM(tiny_sd.schedule, "v", 200)
+    assert np.array_equal(d.timesteps, cases["ddim_timesteps"].numpy())
+    assert np.array_equal(d.alphas, cases["ddim_alphas"].numpy())
+    assert np.array_equal(d.alphas_prev, cases["ddim_alphas_prev"].numpy())
+    assert np.array_equal(d.sigmas, cases["ddim_sigmas"].numpy())
+    assert np.allclose(np.sqrt(1 - d.alphas), cases["ddim_sqrt_one_minus_alphas"].numpy(), atol=1e-7)
+
+
+@pytest.mark.parametrize("steps", [10, 50, 200, 250, 300, 500, 999, 1000])
+def test_timesteps_for_any_length(steps):
+    t = ddim_timesteps(steps)
+    assert t[0] in (0, 1) and t[-1] <= 999 and np.all(np.diff(t) == 1000 // steps)
+    assert len(t) == len(range(0, 1000, 1000 // steps))
+
+
+def test_bad_step_counts():
+    for bad in (0, 1001):
+        with pytest.raises(UserError):
+            ddim_timesteps(bad)
+
+
+def trajectory(sd, cases, x, start, n):
+    """x_prev and pred_x0 of the first n guided steps from step index `start`."""
+    out = []
+
+    class Enough(Exception):
+        pass
+
+    def callback(i, index, t, x_prev, pred_x0):
+        out.append((index, t, x_prev.clone(), pred_x0.clone()))
+        if len(out) == n:
+            raise Enough
+    d = DDIM(sd.schedule, "v", 200)
+    with pytest.raises(Enough):
+        d.sample(Denoiser(sd.unet), x, cases["ddim_cond"], cases["ddim_uncond"], float(cases["ddim_scale"]),
+                 start=start, callback=callback)
+    return out
+
+
+def test_guided_v_trajectory_from_pure_noise(tiny_sd, cases):
+    steps = trajectory(tiny_sd, cases, cases["ddim_xT"], None, 4)
+    assert [s[0] for s in steps] == cases["ddim_steps_index"].tolist()
+    assert [s[1] for s in steps] == cases["ddim_steps_t"].tolist()
+    for k, (_, _, x_prev, pred_x0) in enumerate(steps):
+        close(x_prev, cases[f"ddim_step{k}_x_prev"])
+        close(pred_x0, cases[f"ddim_step{k}_pred_x0"])
+
+
+def test_start_in_the_middle_of_the_schedule(tiny_sd, cases):
+    t0 = int(cases["ddim_mid_t_start"])
+    x = tiny_sd.schedule.q_sample(cases["ddim_mid_z0"], t0, cases["ddim_mid_eps"])
+    assert torch.equal(x, cases["ddim_mid_x_start"])
+    d = DDIM(tiny_sd.schedule, "v", 200)
+    start = d.index_at_or_below(t0)
+    assert d.timesteps[start] == t0 == 646
+    for k, (_, _, x_prev, pred_x0) in enumerate(trajectory(tiny_sd, cases, x, start, 4)):
+        close(x_prev, cases[f"ddim_mid_step{k}_x_prev"])
+        close(pred_x0, cases[f"ddim_mid_step{k}_pred_x0"])
+
+
+def test_full_200_step_sample(tiny_sd, cases):
+    d = DDIM(tiny_sd.schedule, "v", 200)
+    x0 = d.sample(Denoiser(tiny_sd.unet), cases["ddim_xT"], cases["ddim_cond"], cases["ddim_uncond"],
+                  float(cases["ddim_scale"]))
+    close(x0, cases["ddim_full200_x0"], atol=1e-3, rtol=1e-4)
+
+
+def test_eps_prediction_step_inverts_the_forward_process(tiny_sd):
+    """With the true noise as the eps prediction, pred_x0 recovers z0 and x_prev lies on the same ray."""
+    d = DDIM(tiny_sd.schedule, "eps", 50)
+    z0, eps = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    k = 30
+    xt = tiny_sd.schedule.q_sample(z0, int(d.timesteps[k]), eps)
+    x_prev, pred_x0 = d.step(eps, xt, k)
+    close(pred_x0, z0, atol=1e-4, rtol=1e-4)
+    close(x_prev, tiny_sd.schedule.q_sample(z0, int(d.timesteps[k - 1]), eps), atol=1e-4, rtol=1e-4)
+
+
+def test_eta_noise_is_seeded(tiny_sd, cases):
+    d = DDIM(tiny_sd.schedule, "v", 20, eta=1.0)
+    model = Denoiser(tiny_sd.unet)
+    run = lambda seed: d.sample(model, cases["ddim_xT"], cases["ddim_cond"], start=3,  # noqa: E731
+                                generator=torch.Generator().manual_seed(seed))
+    assert torch.equal(run(1), run(1)) and not torch.equal(run(1), run(2))
+    assert d.sigmas[5] > 0
+
+
+def test_controlled_denoiser_batches_the_hint_for_guidance(tiny_sd, tiny_controlnet, cases):
+    """[uncond; cond] stacking repeats the per-sample hint, matching two separate controlled calls."""
+    x, t, ctx, hint = cases["unet_x"], cases["unet_t"][:1].expand(2), cases["unet_context"], cases["cn_hint"]
+    model = Denoiser(tiny_sd.unet, tiny_controlnet, hint, strength=torch.tensor([1.0, 1.5]))
+    with torch.no_grad():
+        stacked = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([ctx, ctx]))
+        single = model(x, t, ctx)
+    close(stacked[:2], single, atol=1e-5, rtol=1e-5)
+    close(stacked[2:], single, atol=1e-5, rtol=1e-5)
+    assert model.calls == 2
+
+
+def test_nan_is_reported(tiny_sd, cases):
+    d = DDIM(tiny_sd.schedule, "v", 10)
+    bad = lambda x, t, c: torch.full_like(x, float("nan"))  # noqa: E731
+    with pytest.raises(UserError, match="NaN"):
+        d.sample(bad, cases["ddim_xT"], cases["ddim_cond"])
