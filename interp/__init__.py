@@ -1,0 +1,5 @@
+"""interp: interpolating between images with diffusion models (Wang & Golland 2023)."""
+from .frames import Frame, NoiseLevel, frame_tree, noise_levels
+from .schedules import SCHEDULES, ease, interpolation_positions, uniform
+from .slerp import lerp, slerp
+from .warp import Warp, warp_latent
