@@ -26,5 +26,6 @@ setup(
         "txt2img = ldm.cli:txt2img_main",
         "img2img = ldm.cli:img2img_main",
         "pose-detect = pose.cli:main",
+        "interpolate = interp.cli:main",
     ]},
 )

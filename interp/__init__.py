@@ -3,3 +3,4 @@ from .frames import Frame, NoiseLevel, frame_tree, noise_levels
 from .schedules import SCHEDULES, ease, interpolation_positions, uniform
 from .slerp import lerp, slerp
 from .warp import Warp, warp_latent
+from .output import RunDir

@@ -12,7 +12,7 @@ import importlib
 _EXPORTS = {
     "StableDiffusion": ".checkpoint", "load_checkpoint": ".checkpoint",
     "load_controlnet": ".controlnet", "ControlNet": ".controlnet",
-    "CLIP": ".clip", "load_clip": ".clip", "clip_preprocess": ".clip_preprocess",
+    "CLIP": ".clip", "load_clip": ".clip", "clip_preprocess": ".clip_transform",
     "ModelConfig": ".config", "parse_config": ".config",
     "UserError": ".errors", "NoiseSchedule": ".schedule", "DDIM": ".ddim", "tokenize": ".tokenizer",
 }

@@ -3,7 +3,8 @@
 `Denoiser(unet, controlnet, hint, strength)(x, t, context)` returns the UNet output. The hint (and a
 per-sample strength) is given once per sample; when the sampler stacks [uncond; cond] for guidance,
 the batch is a multiple of that and the hint is repeated to match, so both halves see the same pose
-(as ControlNet's own sampling does).
+(as ControlNet's own sampling does). `max_batch` bounds the batch of one network call (memory);
+larger batches are split.
 """
 import torch
 
@@ -13,17 +14,26 @@ def _repeat_to(t, batch: int):
 
 
 class Denoiser:
-    def __init__(self, unet, controlnet=None, hint=None, strength=1.0):
+    def __init__(self, unet, controlnet=None, hint=None, strength=1.0, max_batch: int = None):
         self.unet, self.controlnet, self.hint, self.strength = unet, controlnet, hint, strength
+        self.max_batch = max_batch
         self.dtype = next(unet.parameters()).dtype
-        self.calls = 0  # network evaluations (one per batch), for run logs
+        self.calls = 0  # UNet evaluations (one per batch), for run logs
 
     def __call__(self, x, t, context):
         x, context = x.to(self.dtype), context.to(self.dtype)
-        control = None
+        t = torch.as_tensor(t, device=x.device).reshape(-1).expand(x.shape[0])
+        hint = strength = None
         if self.controlnet is not None and self.hint is not None:
-            strength = torch.as_tensor(self.strength, dtype=torch.float32).reshape(-1)
-            control = self.controlnet(x, _repeat_to(self.hint.to(x.device), x.shape[0]), t, context,
-                                      strength=_repeat_to(strength, x.shape[0]) if strength.numel() > 1 else strength)
+            hint = _repeat_to(self.hint.to(x.device), x.shape[0])
+            strength = _repeat_to(torch.as_tensor(self.strength, dtype=torch.float32).reshape(-1), x.shape[0])
+        step = self.max_batch or x.shape[0]
+        return torch.cat([self._run(x[i:i + step], t[i:i + step], context[i:i + step],
+                                    None if hint is None else hint[i:i + step],
+                                    None if strength is None else strength[i:i + step])
+                          for i in range(0, x.shape[0], step)])
+
+    def _run(self, x, t, context, hint, strength):
+        control = None if hint is None else self.controlnet(x, hint, t, context, strength=strength)
         self.calls += 1
         return self.unet(x, t, context, control=control)

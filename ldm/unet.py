@@ -9,6 +9,7 @@ Shape of the network (SD 2.1: 320 channels, mults 1,2,4,4, 2 res blocks, attenti
 """
 import torch
 import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
 
 from .blocks import (Downsample, GroupNorm32, ResBlock, SpatialTransformer, TimestepEmbedSequential,
                      Upsample, timestep_embedding)
@@ -70,6 +71,14 @@ class UNetModel(Encoder):
                 blocks.append(TimestepEmbedSequential(*layers))
         self.output_blocks = nn.ModuleList(blocks)
         self.out = nn.Sequential(GroupNorm32(ch), nn.SiLU(), nn.Conv2d(mc, cfg.out_channels, 3, padding=1))
+        # Recompute each block's activations in the backward pass instead of storing them (textual
+        # inversion backpropagates through the UNet into the text embedding).
+        self.gradient_checkpointing = False
+
+    def _block(self, block, h, emb, context):
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, h, emb, context, use_reentrant=False)
+        return block(h, emb, context)
 
     def forward(self, x, t, context, control=None):
         """Predict eps or v for latents x [B,4,h,w] at timesteps t [B] given text context [B,77,C].
@@ -84,14 +93,14 @@ class UNetModel(Encoder):
         control = None if control is None else list(control)
         h, skips = x, []
         for block in self.input_blocks:
-            h = block(h, emb, context)
+            h = self._block(block, h, emb, context)
             skips.append(h)
-        h = self.middle_block(h, emb, context)
+        h = self._block(self.middle_block, h, emb, context)
         if control is not None:
             h = h + control.pop()
         for block in self.output_blocks:
             skip = skips.pop()
             if control is not None:
                 skip = skip + control.pop()
-            h = block(torch.cat([h, skip], dim=1), emb, context)
+            h = self._block(block, torch.cat([h, skip], dim=1), emb, context)
         return self.out(h)

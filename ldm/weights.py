@@ -33,6 +33,20 @@ def sha256_of(path, chunk=1 << 24) -> str:
     return h.hexdigest()
 
 
+def fingerprint(path) -> str:
+    """A cheap identity of a checkpoint: the catalog's sha256 for a known file, else a hash of the
+    file's size and safetensors header (key names, shapes, dtypes, offsets), marked as such."""
+    path = Path(path)
+    name, entry = lookup(path)
+    if entry and entry.get("sha256"):
+        return f"sha256:{entry['sha256']}"
+    h = hashlib.sha256(str(path.stat().st_size).encode())
+    with open(path, "rb") as f:
+        head = f.read(8)
+        h.update(head + f.read(int.from_bytes(head, "little") if len(head) == 8 else 0))
+    return f"header-sha256:{h.hexdigest()}"
+
+
 def _verify(path: Path, entry: dict) -> None:
     """Check a file against its pinned sha256 once; a `.sha256` stamp beside it records success."""
     stamp = path.with_name(path.name + ".sha256")

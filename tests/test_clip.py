@@ -18,7 +18,7 @@ import make_fixture_weights
 from conftest import DATA
 from ldm import attention
 from ldm.clip import CLIP, cosine_similarity, infer_config, load_clip, parse_clip_config
-from ldm.clip_preprocess import center_crop, clip_preprocess, resize_shorter_side
+from ldm.clip_transform import center_crop, clip_preprocess, resize_shorter_side
 from ldm.errors import UserError
 from ldm.safetensors_io import SafetensorsFile, write
 
