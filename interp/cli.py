@@ -18,8 +18,7 @@ import torch
 from PIL import Image
 
 from ldm import weights
-from ldm.checkpoint import parse_dtype
-from ldm.cli import add_model_args, check_device, load_model, run
+from ldm.cli import add_model_args, check_device, load_model, resolve_dtype, run
 from ldm.errors import UserError
 from ldm.images import fit, open_image, parse_size, to_tensor
 from ldm.pipeline import encode_images, encode_text, img2img
@@ -32,6 +31,9 @@ from .rank import NEGATIVE, POSITIVE, CLIPScorer
 from .schedules import SCHEDULES
 from .warp import Warp
 
+# The paper's settings, and a quick look on a CPU (256 px, 50 steps, short inversion, no ranking).
+FULL = {"size": None, "steps": 200, "inversion_steps": 200, "candidates": "auto"}
+PREVIEW = {"size": "256", "steps": 50, "inversion_steps": 50, "candidates": 1}
 DEFAULT_CONTROLNET = "controlnet-sd21-openpose"
 DEFAULT_CLIP = "clip-vit-l14-openai"
 
@@ -84,18 +86,21 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=17, help="frames in the whole sequence, both inputs included")
     p.add_argument("--out", default="interpolation", help="output folder (resumed if it holds the same run)")
     p.add_argument("--overwrite", action="store_true", help="start afresh even if --out holds another run")
+    p.add_argument("--preview", action="store_true",
+                   help="a quick look: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in PREVIEW.items())
+                        + " unless given")
     p.add_argument("--size", default=None, help="W or WxH (default: the model's native size); inputs are "
                    "centre-cropped to the aspect ratio and resized to multiples of 64")
-    p.add_argument("--steps", type=int, default=200, help="DDIM schedule length (the method uses >= 200)")
+    p.add_argument("--steps", type=int, default=None, help="DDIM schedule length (default 200; the method uses >= 200)")
     p.add_argument("--levels", type=_floats, default=[0.25, 0.65],
                    help="noise levels: 'low,high' fractions of the schedule (linear over the rounds), or one "
                         "value per round, first round first (fractions or integer timesteps)")
     p.add_argument("--cfg", type=float, default=9.0, help="classifier-free guidance scale")
     p.add_argument("--eta", type=float, default=0.0)
-    p.add_argument("--inversion-steps", type=int, default=200, help="textual inversion steps per run (0: off)")
+    p.add_argument("--inversion-steps", type=int, default=None, help="textual inversion steps (default 200; 0: off)")
     p.add_argument("--inversion-lr", type=float, default=1e-4)
-    p.add_argument("--candidates", type=_candidates, default="auto",
-                   help="candidates per frame ranked by CLIP: K, or 'auto' = 8, 7, ... (at least 3) by round")
+    p.add_argument("--candidates", type=_candidates, default=None,
+                   help="candidates per frame ranked by CLIP: K, or 'auto' (default) = 8, 7, ... (at least 3) by round")
     p.add_argument("--rank-positive", default=POSITIVE)
     p.add_argument("--rank-negative", default=NEGATIVE)
     p.add_argument("--clip", default=DEFAULT_CLIP, help="CLIP for ranking: path or catalog name")
@@ -154,11 +159,11 @@ def _poses(sd, args, images, size, notes):
 
 def _settings(args, sd, model_id: str, images, size) -> dict:
     """Everything the frames depend on (compared when resuming; recorded in run.json)."""
-    skip = {"out", "overwrite", "fps", "max_batch", "image_a", "image_b"}
+    skip = {"out", "overwrite", "fps", "max_batch", "compile", "image_a", "image_b"}
     settings = {k: v for k, v in vars(args).items() if k not in skip}
     settings.update(warp=None if args.warp is None else vars(args.warp), size=list(size),
                     inputs=[args.image_a, args.image_b], input_sha256=[_sha(im) for im in images],
-                    checkpoint=model_id, prediction=sd.config.prediction)
+                    checkpoint=model_id, prediction=sd.config.prediction, dtype=str(sd.dtype))
     return settings
 
 
@@ -168,7 +173,7 @@ def _text(sd, args, x, model_id: str, out: RunDir, notes: list) -> TextCondition
     cond, uncond = encode_text(sd, prompts), encode_text(sd, [args.negative])
     if args.inversion_steps > 0:
         key = cache_key(x, prompts, args.negative, model_id, steps=args.inversion_steps, lr=args.inversion_lr,
-                        guidance=args.cfg, seed=args.seed, dtype=args.dtype)
+                        guidance=args.cfg, seed=args.seed, dtype=str(sd.dtype))
         cond, uncond, losses = cached_invert(sd, x.to(sd.device), cond, uncond, key, steps=args.inversion_steps,
                                              lr=args.inversion_lr, guidance=args.cfg, seed=args.seed,
                                              callback=_bar(args.inversion_steps, "inversion"))
@@ -179,8 +184,7 @@ def _text(sd, args, x, model_id: str, out: RunDir, notes: list) -> TextCondition
 
 def interpolate(args) -> RunDir:
     t_start = time.perf_counter()
-    check_device(args.device)
-    parse_dtype(args.dtype)
+    resolve_dtype(args.dtype, check_device(args.device))
     plan = make_plan(args.frames, args.steps, **_level_args(args.levels), schedule=args.schedule,
                      candidates=args.candidates, scheme=args.scheme)
     raw = [open_image(path) for path in (args.image_a, args.image_b)]
@@ -208,6 +212,8 @@ def interpolate(args) -> RunDir:
     if controlnet_path:  # Section 4.3
         from ldm.controlnet import load_controlnet
         controlnet = load_controlnet(controlnet_path, device=sd.device, dtype=sd.dtype, config=args.config)
+        if args.compile:
+            controlnet.compile()
         poses = _poses(sd, args, images, size, notes)
     if clip_path:  # Section 4.4
         from ldm.clip import load_clip
@@ -247,6 +253,14 @@ def _bar(total: int, desc: str):
     return tick
 
 
-def main(argv=None):
+def parse_args(argv=None) -> argparse.Namespace:
     args = parser().parse_args(argv)
+    for key, value in (PREVIEW if args.preview else FULL).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     run(lambda: interpolate(args))

@@ -182,7 +182,7 @@ class Interpolator:
             for j, f in enumerate(todo):
                 c = j * k + kept[j]
                 if self.scheme == "latent-blending":
-                    self.stacks[f.index] = {rnd: x[c:c + 1], **{r: z_r[c:c + 1] for r, z_r in reached.items()}}
+                    self.stacks[f.index] = {r: z_r[c:c + 1] for r, z_r in reached.items()}
                 latents[f.index] = z[c:c + 1]
                 info = {"round": rnd, "timestep": level.timestep, "position": p[f.index], "parents": [f.left, f.right]}
                 if k > 1:

@@ -35,9 +35,11 @@ def attention(q, k, v, mask=None):
         if mask is not None:
             scores = scores + mask
         return (scores.softmax(dim=-1) @ v.float()).to(q.dtype)
-    if q.dtype != torch.float32 and q.device.type != "cuda":
-        return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask).to(q.dtype)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask.to(q.dtype))
+    dtype = q.dtype
+    if dtype != torch.float32 and q.device.type != "cuda":
+        q, k, v = q.float(), k.float(), v.float()
+    mask = None if mask is None else mask.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask).to(dtype)
 
 
 def split_heads(x, heads: int):

@@ -23,7 +23,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="architecture JSON for non-SD-2.1 checkpoints")
     p.add_argument("--prediction", choices=["v", "eps"], default=None, help="override the model's prediction type")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda, cuda:N or mps")
-    p.add_argument("--dtype", default="float32", help="float32, float16 or bfloat16")
+    p.add_argument("--dtype", default="auto",
+                   help="float32, float16, bfloat16, or auto: float16 on CUDA, bfloat16 on CPUs with native "
+                        "bfloat16 (AVX512-BF16 or AMX), else float32")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the UNet (and ControlNet): faster steps on GPUs after a slow first one")
 
 
 def check_device(name: str) -> torch.device:
@@ -35,10 +39,30 @@ def check_device(name: str) -> torch.device:
     return device
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (Linux: the avx512_bf16 or amx_bf16 flags)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name != "auto":
+        return parse_dtype(name)
+    if device.type == "cuda":
+        return torch.float16
+    return torch.bfloat16 if device.type == "cpu" and cpu_has_bf16() else torch.float32
+
+
 def load_model(args):
     device = check_device(args.device)
-    sd = load_checkpoint(resolve(args.ckpt, "sd"), device=device, dtype=parse_dtype(args.dtype),
+    sd = load_checkpoint(resolve(args.ckpt, "sd"), device=device, dtype=resolve_dtype(args.dtype, device),
                          prediction=args.prediction, config=args.config)
+    if args.compile:
+        sd.unet.compile()
     for note in sd.notes:
         print(f"[model] {note}", file=sys.stderr)
     return sd

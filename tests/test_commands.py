@@ -93,3 +93,14 @@ def test_offline_default_checkpoint_error(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("SD_INTERP_WEIGHTS", str(tmp_path))
     code, err = run(txt2img_main, ["--prompt", "x", "--out", tmp_path / "o.png"], capsys)
     assert code == 2 and "v2-1_512-ema-pruned.safetensors" in err and str(tmp_path) in err
+
+
+def test_auto_dtype(monkeypatch):
+    import torch
+    from ldm import cli
+    monkeypatch.setattr(cli, "cpu_has_bf16", lambda: True)
+    assert cli.resolve_dtype("auto", torch.device("cpu")) == torch.bfloat16
+    assert cli.resolve_dtype("auto", torch.device("cuda")) == torch.float16
+    monkeypatch.setattr(cli, "cpu_has_bf16", lambda: False)
+    assert cli.resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert cli.resolve_dtype("float32", torch.device("cuda")) == torch.float32

@@ -244,3 +244,11 @@ def test_command_rejects_bad_images(tiny_ckpt, tmp_path, capsys):
         code, err = run_cli([a, b, "--prompt", "x", "--ckpt", tiny_ckpt, "--out", tmp_path / "o"], capsys)
         assert code == 2 and message in err and "Traceback" not in err, err
         assert not (tmp_path / "o" / "run.json").exists()
+
+
+def test_preview_profile_fills_only_what_was_not_given():
+    from interp.cli import FULL, PREVIEW, parse_args
+    args = parse_args(["a.png", "b.png", "--prompt", "x", "--preview", "--steps", "30"])
+    assert (args.size, args.steps, args.inversion_steps, args.candidates) == (PREVIEW["size"], 30, 50, 1)
+    args = parse_args(["a.png", "b.png", "--prompt", "x"])
+    assert [getattr(args, k) for k in FULL] == list(FULL.values())

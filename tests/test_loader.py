@@ -41,6 +41,12 @@ def test_half_precision_load(tiny_ckpt, cases, dtype):
         out = sd.unet(cases["unet_x"].to(dtype), cases["unet_t"], cases["unet_context"].to(dtype))
     assert out.dtype == dtype and torch.isfinite(out).all()
     torch.testing.assert_close(out.float(), cases["unet_out"], atol=0.15, rtol=0.05)
+    with torch.no_grad():
+        text = sd.text_encoder(cases["text_tokens"])
+        image = sd.vae.decode(cases["vae_dec_z"].to(dtype))
+    assert text.dtype == image.dtype == dtype
+    torch.testing.assert_close(text.float(), cases["text_out"], atol=0.1, rtol=0.05)
+    torch.testing.assert_close(image.float(), cases["vae_dec_out"], atol=0.1, rtol=0.05)
 
 
 def test_half_file_loads_as_float32(tmp_path, tiny_ckpt, cases):
