@@ -166,5 +166,8 @@ def load_checkpoint(path, device="cpu", dtype=torch.float32, prediction=None, co
     modules = []
     for module, key, what in ((unet, "unet", "UNet"), (vae, "vae", "VAE"), (text, "text", "text encoder")):
         modules.append(load_module(st, module, PREFIXES[key], dtype, what).to(device))
+    if torch.device(device).type == "cpu":
+        # oneDNN convolutions at image resolution run ~12% faster on NHWC weights (tools/bench.py).
+        modules[1] = modules[1].to(memory_format=torch.channels_last)
     notes = [f"prediction type {pred}: {how}"] + ([f"catalog entry {name}"] if name else [])
     return StableDiffusion(*modules, config=cfg, schedule=NoiseSchedule(cfg.schedule), path=os.fspath(path), notes=notes)

@@ -1,0 +1,243 @@
+#!/usr/bin/env python3
+"""Benchmark the model zoo on this machine (not a test): UNet step time per resolution, batch, dtype and
+compile mode, VAE decode, a short interpolation, peak RSS, FLOPs per call and the achieved fraction of the
+best matrix throughput measurable here. Optionally times diffusers' UNet2DConditionModel with the same
+SD 2.1 configuration and the same weights side by side, interleaved, in the same process.
+
+    python tools/bench.py                                  # CPU defaults: 512 px, batch 2, fp32 and bf16
+    python tools/bench.py --peer diffusers --json bench.json
+    python tools/bench.py --device cuda --dtypes bfloat16 float16 --sizes 512 768 --batch 16 --compile both
+
+Weights are random (SD 2.1 shapes, the fixture rule) unless --ckpt gives a checkpoint: speed does not
+depend on the values.
+"""
+import argparse
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ldm import attention  # noqa: E402
+from ldm.checkpoint import parse_dtype  # noqa: E402
+from ldm.config import ModelConfig  # noqa: E402
+from ldm.unet import UNetModel  # noqa: E402
+from ldm.vae import AutoencoderKL  # noqa: E402
+from make_fixture_weights import fixture_tensor  # noqa: E402
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def once(fn, device) -> float:
+    """Wall seconds of one call."""
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def timed(fn, device, repeats: int) -> list:
+    """Wall seconds of `repeats` calls after one warm-up call."""
+    fn()
+    return [once(fn, device) for _ in range(repeats)]
+
+
+def interleaved(fns: list, device, repeats: int) -> list:
+    """Per function, the wall seconds of `repeats` calls, alternating between the functions (after
+    one warm-up call each) so that all of them see the same machine state."""
+    for fn in fns:
+        fn()
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, out in zip(fns, times):
+            out.append(once(fn, device))
+    return times
+
+
+def random_module(module, prefix: str, seed: int = 1234):
+    """Materialise a meta-device module with the fixture rule's seeded weights."""
+    module = module.to_empty(device="cpu")
+    with torch.no_grad():
+        for key, tensor in module.state_dict().items():
+            tensor.copy_(fixture_tensor(prefix + key, tuple(tensor.shape), seed))
+    return module.requires_grad_(False).eval()
+
+
+def build_unet(args):
+    if args.ckpt:
+        import ldm
+        return ldm.load_checkpoint(args.ckpt, prediction="eps").unet
+    with torch.device("meta"):
+        unet = UNetModel(ModelConfig().unet)
+    return random_module(unet, "model.diffusion_model.")
+
+
+def unet_inputs(batch: int, size: int, dtype, device):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 4, size // 8, size // 8, generator=g)
+    context = torch.randn(batch, 77, 1024, generator=g)
+    return x.to(device, dtype), torch.full((batch,), 500, device=device), context.to(device, dtype)
+
+
+def flops_of(fn) -> int:
+    """FLOPs of one call, counted on the plain math attention path (fused kernels are not counted)."""
+    backend = attention.get_backend()
+    attention.set_backend("math")
+    try:
+        with FlopCounterMode(display=False) as counter:
+            fn()
+    finally:
+        attention.set_backend(backend)
+    return counter.get_total_flops()
+
+
+def matmul_peak(dtype, device, n: int = 2048) -> float:
+    """Best FLOP/s of a large square matmul and of a SD-sized 3x3 convolution."""
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    mm = min(timed(lambda: a @ b, device, 3))
+    x = torch.randn(2, 320, 64, 64, device=device, dtype=dtype)
+    w = torch.randn(320, 320, 3, 3, device=device, dtype=dtype)
+    conv = min(timed(lambda: torch.nn.functional.conv2d(x, w, padding=1), device, 3))
+    return max(2 * n ** 3 / mm, 2 * 2 * 320 * 320 * 9 * 64 * 64 / conv)
+
+
+def diffusers_peer(unet: UNetModel):
+    """diffusers' UNet2DConditionModel with SD 2.1's configuration and our weights, or None."""
+    try:
+        from diffusers import UNet2DConditionModel
+        from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+    except ImportError:
+        return None, "diffusers is not installed"
+    peer = UNet2DConditionModel(
+        sample_size=96, in_channels=4, out_channels=4, layers_per_block=2, cross_attention_dim=1024,
+        block_out_channels=(320, 640, 1280, 1280), attention_head_dim=(5, 10, 20, 20), use_linear_projection=True,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+    state = {"model.diffusion_model." + k: v for k, v in unet.state_dict().items()}
+    peer.load_state_dict(convert_ldm_unet_checkpoint(state, peer.config))
+    return peer.requires_grad_(False).eval(), "same weights (converted with diffusers' own converter)"
+
+
+def bench_unet(args, device, results):
+    unet = build_unet(args)
+    peer, peer_note = diffusers_peer(unet) if args.peer == "diffusers" else (None, None)
+    if peer_note:
+        print(f"peer: {peer_note}")
+    for dtype_name in args.dtypes:
+        dtype = parse_dtype(dtype_name)
+        peak = matmul_peak(dtype, device)
+        model = unet.to(device, dtype)
+        other = peer.to(device, dtype) if peer is not None else None
+        for size in args.sizes:
+            x, t, ctx = unet_inputs(args.batch, size, dtype, device)
+            flops = flops_of(lambda: model(x, t, ctx))
+            for compiled in ([False, True] if args.compile == "both" else [args.compile == "on"]):
+                fn = torch.compile(model) if compiled else model
+                calls = [lambda: fn(x, t, ctx)] + ([lambda: other(x, t, encoder_hidden_states=ctx)] if other else [])
+                with torch.no_grad():
+                    ours, *rest = interleaved(calls, device, args.repeats)
+                theirs = rest[0] if rest else []
+                row = {"part": "unet", "size": size, "batch": args.batch, "dtype": dtype_name, "compiled": compiled,
+                       "median_s": statistics.median(ours), "tflop_per_call": flops / 1e12,
+                       "gflops": flops / statistics.median(ours) / 1e9, "peak_gflops": peak / 1e9,
+                       "fraction_of_peak": flops / statistics.median(ours) / peak}
+                if theirs:
+                    row.update(diffusers_median_s=statistics.median(theirs),
+                               ratio=statistics.median(ours) / statistics.median(theirs))
+                results.append(row)
+                print(row)
+
+
+def diffusers_vae_peer(vae: AutoencoderKL):
+    """diffusers' AutoencoderKL with SD's configuration and our weights, or None."""
+    try:
+        from diffusers import AutoencoderKL as PeerVAE
+        from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+    except ImportError:
+        return None
+    peer = PeerVAE(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
+                   layers_per_block=2, down_block_types=("DownEncoderBlock2D",) * 4,
+                   up_block_types=("UpDecoderBlock2D",) * 4)
+    state = {"first_stage_model." + k: v for k, v in vae.state_dict().items()}
+    peer.load_state_dict(convert_ldm_vae_checkpoint(state, peer.config))
+    return peer.requires_grad_(False).eval()
+
+
+def bench_vae(args, device, results):
+    with torch.device("meta"):
+        vae = AutoencoderKL(ModelConfig().vae)
+    vae = random_module(vae, "first_stage_model.")
+    peer = diffusers_vae_peer(vae) if args.peer == "diffusers" else None
+    for dtype_name in args.dtypes:
+        dtype = parse_dtype(dtype_name)
+        z = torch.randn(1, 4, 64, 64, device=device, dtype=dtype)
+        for channels_last in (False, True):
+            fmt = torch.channels_last if channels_last else torch.contiguous_format
+            ours = vae.to(device, dtype, memory_format=fmt)
+            theirs = peer.to(device, dtype, memory_format=fmt) if peer is not None else None
+            zz = z.contiguous(memory_format=fmt)
+            calls = [lambda: ours.decode(zz)] + ([lambda: theirs.decode(zz)] if theirs is not None else [])
+            with torch.no_grad():
+                mine, *rest = interleaved(calls, device, args.repeats)
+            other = rest[0] if rest else []
+            row = {"part": "vae_decode_512", "dtype": dtype_name, "channels_last": channels_last,
+                   "median_s": statistics.median(mine)}
+            if other:
+                row.update(diffusers_median_s=statistics.median(other), ratio=row["median_s"] / statistics.median(other))
+            results.append(row)
+            print(row)
+
+
+def print_table(results):
+    print(f"\n{'part':<16}{'size':>6}{'batch':>6}{'dtype':>10}{'mode':>10}{'s/call':>9}{'TFLOP':>7}"
+          f"{'GFLOP/s':>9}{'of peak':>8}{'diffusers':>11}{'ratio':>7}")
+    for r in results:
+        mode = "compiled" if r.get("compiled") else ("ch-last" if r.get("channels_last") else "eager")
+        print(f"{r['part']:<16}{r.get('size', 512):>6}{r.get('batch', 1):>6}{r['dtype']:>10}{mode:>10}"
+              f"{r['median_s']:>9.2f}{r.get('tflop_per_call', 0):>7.2f}{r.get('gflops', 0):>9.0f}"
+              f"{r.get('fraction_of_peak', 0):>8.0%}{r.get('diffusers_median_s', float('nan')):>11.2f}"
+              f"{r.get('ratio', float('nan')):>7.2f}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    p.add_argument("--sizes", nargs="+", type=int, default=[512])
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--compile", choices=["off", "on", "both"], default="off")
+    p.add_argument("--parts", nargs="+", choices=["unet", "vae"], default=["unet", "vae"])
+    p.add_argument("--peer", choices=["diffusers"], default=None)
+    p.add_argument("--ckpt", default=None, help="time a real checkpoint instead of random weights")
+    p.add_argument("--json", default=None, help="also write the results here")
+    a = p.parse_args(argv)
+    device = torch.device(a.device)
+    results = []
+    if "unet" in a.parts:
+        bench_unet(a, device, results)
+    if "vae" in a.parts:
+        bench_vae(a, device, results)
+    print_table(results)
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    meta = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "device": str(device), "peak_rss_gib": peak_rss,
+            "date": time.strftime("%Y-%m-%d")}
+    print(f"\n{meta}")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
