@@ -8,6 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import attention
+from .blocks import Upsample  # nearest x2, then a 3x3 conv: the same module as the UNet's
 from .config import VAEConfig
 
 
@@ -56,15 +57,6 @@ class Downsample(nn.Module):
 
     def forward(self, x):
         return self.conv(F.pad(x, (0, 1, 0, 1)))
-
-
-class Upsample(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x):
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
 class Level(nn.Module):
