@@ -152,8 +152,8 @@ def _poses(sd, args, images, size, notes):
         net = pose.load(model)
         people = [pose.detect(np.asarray(im), net, fallback=_photo_fallback(sd, args)) for im in images]
     conditioning = PoseConditioning(*people, height=size[1], width=size[0])
-    if not conditioning:
-        notes.append("no person found in both images: pose guidance is off")
+    notes.append(f"poses: {len(people[0])} and {len(people[1])} people found, {len(conditioning.pairs)} matched"
+                 + ("" if conditioning else ": pose guidance is off"))
     return conditioning
 
 

@@ -52,22 +52,20 @@ class DDIM:
             raise UserError(f"timestep {t} is below the first DDIM timestep {self.timesteps[0]}")
         return int(below[-1])
 
-    def eps_and_x0(self, out, x, t):
-        """(eps, pred_x0) from the model output at timestep(s) t, for either prediction type."""
+    def eps_and_x0(self, out, x, index: int):
+        """(eps, pred_x0) from the model output at step `index`, for either prediction type."""
         out = out.float()
         if self.prediction == "v":
-            a, s = self.schedule._at("sqrt_alphas_cumprod", t, x), self.schedule._at("sqrt_one_minus_alphas_cumprod", t, x)
+            t = int(self.timesteps[index])
+            a, s = self.schedule.at("sqrt_alphas_cumprod", t, x), self.schedule.at("sqrt_one_minus_alphas_cumprod", t, x)
             return a * out + s * x, a * x - s * out
-        a_t = torch.tensor(self.alphas[self._index_of(t)], dtype=torch.float32)
+        a_t = torch.tensor(self.alphas[index], dtype=torch.float32, device=x.device)
         return out, (x - (1 - a_t).sqrt() * out) / a_t.sqrt()
-
-    def _index_of(self, t):
-        return int(np.nonzero(self.timesteps == int(torch.as_tensor(t).reshape(-1)[0]))[0][0])
 
     def step(self, out, x, index: int, generator=None):
         """One DDIM update from step `index` to `index - 1`: returns (x_prev, pred_x0), float32."""
         x = x.float()
-        eps, pred_x0 = self.eps_and_x0(out, x, int(self.timesteps[index]))
+        eps, pred_x0 = self.eps_and_x0(out, x, index)
         f32 = lambda v: torch.tensor(float(v), dtype=torch.float32, device=x.device)  # noqa: E731 (as torch.full)
         a_prev, sigma = f32(self.alphas_prev[index]), f32(self.sigmas[index])
         x_prev = a_prev.sqrt() * pred_x0 + (1.0 - a_prev - sigma ** 2).sqrt() * eps

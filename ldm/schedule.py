@@ -42,17 +42,17 @@ class NoiseSchedule:
         self.alphas_cumprod = self.buffers["alphas_cumprod"]
         self.num_timesteps = schedule.timesteps
 
-    def _at(self, name: str, t, like: torch.Tensor) -> torch.Tensor:
+    def at(self, name: str, t, like: torch.Tensor) -> torch.Tensor:
         """buffer[t] shaped to broadcast against `like` ([B] -> [B,1,1,1]), in float32."""
         t = torch.as_tensor(t).reshape(-1).cpu()
         return self.buffers[name][t].to(like.device).reshape(-1, *([1] * (like.dim() - 1)))
 
     def q_sample(self, z0, t, noise):
         """Forward noising z_t = sqrt(abar_t) z0 + sqrt(1 - abar_t) noise, with caller-supplied noise."""
-        out = self._at("sqrt_alphas_cumprod", t, z0) * z0.float() + self._at("sqrt_one_minus_alphas_cumprod", t, z0) * noise.float()
+        out = self.at("sqrt_alphas_cumprod", t, z0) * z0.float() + self.at("sqrt_one_minus_alphas_cumprod", t, z0) * noise.float()
         return out.to(z0.dtype)
 
     def v_target(self, z0, t, noise):
         """The v-prediction training target v = sqrt(abar_t) noise - sqrt(1 - abar_t) z0."""
-        out = self._at("sqrt_alphas_cumprod", t, z0) * noise.float() - self._at("sqrt_one_minus_alphas_cumprod", t, z0) * z0.float()
+        out = self.at("sqrt_alphas_cumprod", t, z0) * noise.float() - self.at("sqrt_one_minus_alphas_cumprod", t, z0) * z0.float()
         return out.to(z0.dtype)

@@ -252,3 +252,15 @@ def test_preview_profile_fills_only_what_was_not_given():
     assert (args.size, args.steps, args.inversion_steps, args.candidates) == (PREVIEW["size"], 30, 50, 1)
     args = parse_args(["a.png", "b.png", "--prompt", "x"])
     assert [getattr(args, k) for k in FULL] == list(FULL.values())
+
+
+def test_command_detects_poses(command, tmp_path, tiny_dir):
+    """Detection through cv2.dnn (a tiny random net in the OpenPose layout) feeds the ControlNet path."""
+    from pose_fixtures import write_random_net
+    (tmp_path / "openpose").mkdir()
+    proto, model = write_random_net(tmp_path / "openpose")
+    code, err = command("posed", "--pose", "--controlnet", tiny_dir / "controlnet.safetensors",
+                        "--pose-model", proto, model)
+    assert code == 0, err
+    record = json.loads((tmp_path / "posed" / "run.json").read_text())
+    assert any(note.startswith("poses: ") and "people found" in note for note in record["notes"]), record["notes"]
