@@ -4,3 +4,6 @@ from .schedules import SCHEDULES, ease, interpolation_positions, uniform
 from .slerp import lerp, slerp
 from .warp import Warp, warp_latent
 from .output import RunDir
+
+__all__ = ["Frame", "NoiseLevel", "frame_tree", "noise_levels", "SCHEDULES", "ease", "interpolation_positions",
+           "uniform", "lerp", "slerp", "Warp", "warp_latent", "RunDir"]

@@ -19,7 +19,6 @@ from PIL import Image
 
 from ldm import weights
 from ldm.cli import add_model_args, check_device, load_model, resolve_dtype, run
-from ldm.errors import UserError
 from ldm.images import fit, open_image, parse_size, to_tensor
 from ldm.pipeline import encode_images, encode_text, img2img
 

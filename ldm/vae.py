@@ -3,7 +3,6 @@
 Images in [-1, 1] map to latents 8x smaller with 4 channels. `encode` returns the posterior's
 (mean, logvar); latents here are *unscaled*: the pipeline multiplies by its latent scale (0.18215).
 """
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 

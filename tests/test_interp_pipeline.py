@@ -14,7 +14,6 @@ from interp.frames import Frame, NoiseLevel
 from interp.interpolator import SCHEMES, Interpolator, make_plan
 from interp.inversion import denoising_loss, invert
 from ldm.pipeline import encode_images
-from ldm.images import to_tensor
 
 SIZE = 64  # pixels: an 8x8 latent keeps every test fast
 
