@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from ldm import weights
-from ldm.cli import add_model_args, check_device, load_model, resolve_dtype, run
+from ldm.cli import add_model_args, check_device, compile_model, load_model, resolve_dtype, run
 from ldm.images import fit, open_image, parse_size, to_tensor
 from ldm.pipeline import encode_images, encode_text, img2img
 
@@ -212,7 +212,7 @@ def interpolate(args) -> RunDir:
         from ldm.controlnet import load_controlnet
         controlnet = load_controlnet(controlnet_path, device=sd.device, dtype=sd.dtype, config=args.config)
         if args.compile:
-            controlnet.compile()
+            compile_model(controlnet, sd.device)
         poses = _poses(sd, args, images, size, notes)
     if clip_path:  # Section 4.4
         from ldm.clip import load_clip

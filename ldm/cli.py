@@ -57,12 +57,22 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cpu" and cpu_has_bf16() else torch.float32
 
 
+def compile_model(module, device: torch.device, **options):
+    """torch.compile a network in place. On CPUs, inductor also freezes the weights of inference (no-grad)
+    graphs, which prepacks them for oneDNN; graphs that need gradients (textual inversion) are unaffected."""
+    if device.type == "cpu":
+        import torch._inductor.config
+        torch._inductor.config.freezing = True
+    module.compile(**options)
+    return module
+
+
 def load_model(args):
     device = check_device(args.device)
     sd = load_checkpoint(resolve(args.ckpt, "sd"), device=device, dtype=resolve_dtype(args.dtype, device),
                          prediction=args.prediction, config=args.config)
     if args.compile:
-        sd.unet.compile()
+        compile_model(sd.unet, device)
     for note in sd.notes:
         print(f"[model] {note}", file=sys.stderr)
     return sd

@@ -12,6 +12,7 @@ Weights are random (SD 2.1 shapes, the fixture rule) unless --ckpt gives a check
 depend on the values.
 """
 import argparse
+import copy
 import json
 import platform
 import resource
@@ -27,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ldm import attention  # noqa: E402
 from ldm.checkpoint import parse_dtype  # noqa: E402
+from ldm.cli import compile_model  # noqa: E402
 from ldm.config import ModelConfig  # noqa: E402
 from ldm.unet import UNetModel  # noqa: E402
 from ldm.vae import AutoencoderKL  # noqa: E402
@@ -147,7 +149,7 @@ def bench_unet(args, device, results):
             x, t, ctx = unet_inputs(args.batch, size, dtype, device)
             flops = flops_of(lambda: model(x, t, ctx))
             for compiled in ([False, True] if args.compile == "both" else [args.compile == "on"]):
-                fn = torch.compile(model) if compiled else model
+                fn = compile_model(copy.deepcopy(model), device) if compiled else model
                 calls = [lambda: fn(x, t, ctx)] + ([lambda: other(x, t, encoder_hidden_states=ctx)] if other else [])
                 with torch.no_grad():
                     ours, *rest = interleaved(calls, device, args.repeats)
