@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from ldm import weights
-from ldm.cli import add_model_args, check_device, compile_model, load_model, resolve_dtype, run
+from ldm.cli import add_model_args, check_device, compile_model, load_model, progress, resolve_dtype, run
 from ldm.images import fit, open_image, parse_size, to_tensor
 from ldm.pipeline import encode_images, encode_text, img2img
 
@@ -147,8 +147,7 @@ def _poses(sd, args, images, size, notes):
         people = [read_keypoints(path, size[1], size[0]) for path in args.poses]
     else:
         import pose
-        model = args.pose_model[0] if args.pose_model and len(args.pose_model) == 1 else args.pose_model
-        net = pose.load(model)
+        net = pose.load(args.pose_model)
         people = [pose.detect(np.asarray(im), net, fallback=_photo_fallback(sd, args)) for im in images]
     conditioning = PoseConditioning(*people, height=size[1], width=size[0])
     notes.append(f"poses: {len(people[0])} and {len(people[1])} people found, {len(conditioning.pairs)} matched"
@@ -175,7 +174,7 @@ def _text(sd, args, x, model_id: str, out: RunDir, notes: list) -> TextCondition
                         guidance=args.cfg, seed=args.seed, dtype=str(sd.dtype))
         cond, uncond, losses = cached_invert(sd, x.to(sd.device), cond, uncond, key, steps=args.inversion_steps,
                                              lr=args.inversion_lr, guidance=args.cfg, seed=args.seed,
-                                             callback=_bar(args.inversion_steps, "inversion"))
+                                             callback=progress(args.inversion_steps, "inversion"))
         notes.append(f"textual inversion: {'from the cache' if losses is None else f'{len(losses)} steps'} ({key})")
         out.record(inversion_losses=losses)
     return TextConditioning(cond[:1], cond[1:], uncond)
@@ -227,7 +226,7 @@ def interpolate(args) -> RunDir:
                           tuple(args.control_strength), args.warp, scorer, args.max_batch)
     t0 = time.perf_counter()
     todo = [lvl.step + 1 for lvl, frames in zip(plan.levels, plan.rounds) if any(f.index not in latents for f in frames)]
-    interp.run(latents, out.save_frame, out.save_candidates, progress=_bar(sum(todo), "frames"))
+    interp.run(latents, out.save_frame, out.save_candidates, progress=progress(sum(todo), "frames"))
     out.record(notes=notes, unet_calls=interp.unet_calls, rounds=[
         {"timestep": lvl.timestep, "step": lvl.step, "frames": [f.index for f in frames], "candidates": k}
         for lvl, frames, k in zip(plan.levels, plan.rounds, plan.candidates)],
@@ -238,18 +237,6 @@ def interpolate(args) -> RunDir:
     print(f"wrote {plan.n + 1} frames to {args.out} ({interp.unet_calls} UNet calls, "
           f"{time.perf_counter() - t_start:.0f} s)")
     return out
-
-
-def _bar(total: int, desc: str):
-    """A tqdm progress bar as a callback (any arguments: one tick)."""
-    from tqdm import tqdm
-    bar = tqdm(total=total, desc=desc, file=sys.stderr, leave=False)
-
-    def tick(*_):
-        bar.update(1)
-        if bar.n >= bar.total:
-            bar.close()
-    return tick
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -78,19 +78,16 @@ def load_model(args):
     return sd
 
 
-def progress(desc: str):
-    """A tqdm bar as a sampler callback; it appears with the first step (its total is start index + 1)."""
+def progress(total: int, desc: str):
+    """A tqdm bar as a callback of any signature (a sampler step, an inversion step): one tick per call."""
     from tqdm import tqdm
-    bar = None
+    bar = tqdm(total=total, desc=desc, file=sys.stderr, leave=False)
 
-    def callback(i, index, t, x, pred_x0):
-        nonlocal bar
-        if bar is None:
-            bar = tqdm(total=index + 1, desc=desc, unit="step", file=sys.stderr, leave=False)
+    def tick(*_):
         bar.update(1)
-        if index == 0:
+        if bar.n >= bar.total:
             bar.close()
-    return callback
+    return tick
 
 
 def _sampling_args(p: argparse.ArgumentParser, steps: int = 200, cfg: float = 9.0) -> None:
@@ -127,7 +124,7 @@ def txt2img_main(argv=None):
         sd = load_model(args)
         t0 = time.perf_counter()
         image = txt2img(sd, args.prompt, args.negative, args.steps, args.cfg, args.seed, size, args.eta,
-                        callback=progress("txt2img"))
+                        callback=progress(len(ddim_timesteps(args.steps)), "txt2img"))
         save_png(image, args.out, {"prompt": args.prompt, "negative": args.negative, "seed": args.seed,
                                    "steps": args.steps, "cfg": args.cfg})
         print(f"wrote {args.out} ({image.size[0]}x{image.size[1]}, {time.perf_counter() - t0:.1f} s)")
@@ -146,11 +143,11 @@ def img2img_main(argv=None):
 
     def body():
         image = fit(open_image(args.image), parse_size(args.size) if args.size else None)
-        img2img_start(args.strength, len(ddim_timesteps(args.steps)))  # fail before loading the model
+        start = img2img_start(args.strength, len(ddim_timesteps(args.steps)))  # fail before loading the model
         sd = load_model(args)
         t0 = time.perf_counter()
         out = img2img(sd, image, args.prompt, args.negative, args.strength, args.steps, args.cfg, args.seed, args.eta,
-                      callback=progress("img2img"))
+                      callback=progress(start + 1, "img2img"))
         save_png(out, args.out, {"prompt": args.prompt, "negative": args.negative, "seed": args.seed,
                                  "steps": args.steps, "cfg": args.cfg, "strength": args.strength})
         print(f"wrote {args.out} ({out.size[0]}x{out.size[1]}, {time.perf_counter() - t0:.1f} s)")

@@ -33,8 +33,7 @@ def parse_args(argv):
 
 def run(args):
     rgb = read_image(args.image)
-    model = args.model[0] if args.model and len(args.model) == 1 else args.model
-    found = detect_scored(rgb, load(model, tuple(args.scales)))
+    found = detect_scored(rgb, load(args.model, tuple(args.scales)))
     people = [keypoints for keypoints, _ in found]
     main = main_subject(people)
     overlay = draw_skeletons((rgb // 2).astype(np.uint8), people)

@@ -97,10 +97,12 @@ def load(model=None, scales=DEFAULT_SCALES):
 
     model: None (the catalog's CMU COCO model, downloaded on first use), an OpenPoseNet (used
     as is), a path to an ONNX export, a path to a .caffemodel with `pose_deploy_linevec.prototxt`
-    beside it, or a (prototxt, caffemodel) pair.
+    beside it, or a (prototxt, caffemodel) pair; a list of one path is that path.
     """
     if isinstance(model, OpenPoseNet):
         return model
+    if isinstance(model, (tuple, list)) and len(model) == 1:
+        model = model[0]
     if model is None:
         key = tuple(scales)
         if key not in _default:

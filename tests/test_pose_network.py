@@ -75,6 +75,7 @@ def test_caffemodel_path_finds_its_prototxt(tmp_path, scene):
     proto.rename(tmp_path / "pose_deploy_linevec.prototxt")
     people = pose.detect(scene[3], model=pose.load(model, scales=(1.0,)))
     assert len(people) == 2
+    assert len(pose.detect(scene[3], model=pose.load([model], scales=(1.0,)))) == 2  # a list of one path (CLI)
 
 
 def test_fallback_runs_on_the_photograph_and_maps_back(encoder, scene):
