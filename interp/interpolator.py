@@ -134,8 +134,7 @@ class Interpolator:
         return z, reached
 
     def decode(self, z) -> torch.Tensor:
-        step = self.max_batch or z.shape[0]
-        return torch.cat([decode_latents(self.sd, z[i:i + step]) for i in range(0, z.shape[0], step)])
+        return decode_latents(self.sd, z, self.max_batch)
 
     def _trajectory_record(self, rnd: int) -> dict:
         """{DDIM step index of each later round's level: that round}."""

@@ -83,12 +83,20 @@ class GEGLU(nn.Module):
 
 
 class FeedForward(nn.Module):
+    """GEGLU to 4x the width and back. On CPUs the tokens go through in slices of `CPU_ROWS` rows, so that
+    the 8x-wide projection stays in cache instead of streaming through memory (same result, faster)."""
+
+    CPU_ROWS = 2048
+
     def __init__(self, dim: int, mult: int = 4):
         super().__init__()
         self.net = nn.Sequential(GEGLU(dim, dim * mult), nn.Dropout(0.0), nn.Linear(dim * mult, dim))
 
     def forward(self, x):
-        return self.net(x)
+        if x.device.type != "cpu":
+            return self.net(x)
+        rows = x.reshape(-1, x.shape[-1])
+        return torch.cat([self.net(part) for part in rows.split(self.CPU_ROWS)]).view(x.shape)
 
 
 class BasicTransformerBlock(nn.Module):
@@ -137,15 +145,54 @@ class Downsample(nn.Module):
         return self.op(x)
 
 
+def fold_taps(w, dim: int):
+    """The 3 taps of a kernel along `dim`, as seen by the two output phases of a nearest-x2 upsampling:
+    even outputs read (row-1, row, row) of the input, so (w0, w1+w2); odd ones (row, row, row+1), so (w0+w1, w2)."""
+    w0, w1, w2 = w.unbind(dim)
+    return torch.stack([w0, w1 + w2, w0 + w1, w2], dim)
+
+
+def phase_kernels(w):
+    """3x3 weight [o, i, 3, 3] -> the 2x2 kernels of the 4 output phases [(a, b, o), i, 2, 2]."""
+    o, i = w.shape[:2]
+    return fold_taps(fold_taps(w, 2), 3).view(o, i, 2, 2, 2, 2).permute(2, 4, 0, 1, 3, 5).reshape(4 * o, i, 2, 2)
+
+
 class Upsample(nn.Module):
-    """Nearest-neighbour x2, then a 3x3 convolution."""
+    """Nearest-neighbour x2, then a 3x3 convolution.
+
+    Computed without materialising the upsampled image: each of the 4 output phases (row parity a, column
+    parity b) is a 2x2 convolution of the input with the 3x3 taps folded together (`phase_kernels`), so all
+    four come from one convolution with 4x the output channels and 4/9 of the multiply-adds. Same result as
+    `conv(interpolate(x, scale_factor=2, mode="nearest"))` up to float rounding (tests/test_fast_paths.py).
+    """
 
     def __init__(self, channels: int):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self._kernels = None  # (weight key, phase kernels), kept between eager calls on frozen weights
+
+    def kernels(self):
+        w = self.conv.weight
+        if torch.compiler.is_compiling() or w.requires_grad or w.is_inference():
+            return phase_kernels(w)  # (compiled graphs fold this into a constant themselves)
+        key = (w.data_ptr(), w._version, w.dtype, w.device)
+        if self._kernels is None or self._kernels[0] != key:
+            self._kernels = (key, phase_kernels(w))
+        return self._kernels[1]
 
     def forward(self, x):
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        c_out = self.conv.out_channels
+        y = F.conv2d(F.pad(x, (1, 1, 1, 1)), self.kernels(), self.conv.bias.repeat(4))
+        b, _, h, w = x.shape
+        layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
+            else torch.contiguous_format
+        out = torch.empty(b, c_out, 2 * h, 2 * w, dtype=y.dtype, device=y.device, memory_format=layout)
+        for a in (0, 1):
+            for c in (0, 1):  # phase (a, c) of the output is window (a, c) of the (h+1)x(w+1) result
+                p = 2 * a + c
+                out[:, :, a::2, c::2] = y[:, p * c_out:(p + 1) * c_out, a:a + h, c:c + w]
+        return out
 
 
 class TimestepEmbedSequential(nn.Sequential):

@@ -9,6 +9,14 @@ larger batches are split.
 import torch
 
 
+def in_batches(fn, max_batch: int, *tensors):
+    """`fn` over consecutive slices of at most `max_batch` rows of `tensors` (None stays None), the outputs
+    concatenated: what bounds the memory of one network call. `max_batch` None: one call."""
+    n = tensors[0].shape[0]
+    step = max_batch or n
+    return torch.cat([fn(*(None if t is None else t[i:i + step] for t in tensors)) for i in range(0, n, step)])
+
+
 def _repeat_to(t, batch: int):
     return t if t.shape[0] == batch else t.repeat(batch // t.shape[0], *([1] * (t.dim() - 1)))
 
@@ -27,11 +35,7 @@ class Denoiser:
         if self.controlnet is not None and self.hint is not None:
             hint = _repeat_to(self.hint.to(x.device), x.shape[0])
             strength = _repeat_to(torch.as_tensor(self.strength, dtype=torch.float32).reshape(-1), x.shape[0])
-        step = self.max_batch or x.shape[0]
-        return torch.cat([self._run(x[i:i + step], t[i:i + step], context[i:i + step],
-                                    None if hint is None else hint[i:i + step],
-                                    None if strength is None else strength[i:i + step])
-                          for i in range(0, x.shape[0], step)])
+        return in_batches(self._run, self.max_batch, x, t, context, hint, strength)
 
     def _run(self, x, t, context, hint, strength):
         control = None if hint is None else self.controlnet(x, hint, t, context, strength=strength)

@@ -5,7 +5,7 @@ reproducible bit for bit on the same machine whatever the device.
 import torch
 
 from .ddim import DDIM
-from .denoiser import Denoiser
+from .denoiser import Denoiser, in_batches
 from .errors import UserError
 from .images import to_pil, to_tensor
 from .tokenizer import tokenize
@@ -25,9 +25,9 @@ def encode_images(sd, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def decode_latents(sd, z: torch.Tensor) -> torch.Tensor:
-    """Scaled latents -> images [B,3,H,W] in about [-1,1], float32."""
-    return sd.vae.decode((z / sd.config.latent_scale).to(sd.dtype)).float()
+def decode_latents(sd, z: torch.Tensor, max_batch: int = None) -> torch.Tensor:
+    """Scaled latents -> images [B,3,H,W] in about [-1,1], float32; at most `max_batch` latents per VAE call."""
+    return in_batches(lambda part: sd.vae.decode((part / sd.config.latent_scale).to(sd.dtype)).float(), max_batch, z)
 
 
 def noise_like(shape, generator: torch.Generator, device) -> torch.Tensor:

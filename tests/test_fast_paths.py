@@ -1,12 +1,17 @@
 """Every speed-up matches the plain path it replaces: fused vs textbook attention (test_parity.py),
-torch.compile vs eager, NHWC vs NCHW VAE, split vs whole UNet batches, compiled vs eager slerp."""
+torch.compile vs eager, NHWC vs NCHW VAE, folded vs upsample-then-conv, row-sliced vs whole feed-forward,
+split vs whole UNet batches, compiled vs eager slerp."""
 import copy
 
+import pytest
 import torch
+import torch.nn.functional as F
 
 from interp.slerp import slerp
+from ldm.blocks import FeedForward, Upsample
 from ldm.cli import compile_model
 from ldm.denoiser import Denoiser
+from ldm.pipeline import decode_latents
 
 
 def test_compiled_unet_matches_eager(tiny_sd, cases):
@@ -48,3 +53,51 @@ def test_split_batches_match_one_batch(tiny_sd, tiny_controlnet, cases):
     with torch.no_grad():
         torch.testing.assert_close(split(x, t, ctx), whole(x, t, ctx), atol=1e-5, rtol=1e-5)
     assert (whole.calls, split.calls) == (1, 2)
+    z = torch.cat([cases["vae_dec_z"]] * 3) * tiny_sd.config.latent_scale
+    with torch.no_grad():
+        torch.testing.assert_close(decode_latents(tiny_sd, z, max_batch=2), decode_latents(tiny_sd, z), atol=1e-5, rtol=1e-5)
+
+
+def plain_upsample(module, x):
+    return module.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_folded_upsample_matches_interpolate_then_conv(layout):
+    torch.manual_seed(0)
+    up = Upsample(16).requires_grad_(False)
+    x = torch.randn(3, 16, 5, 7).contiguous(memory_format=layout)  # odd, non-square sides
+    with torch.no_grad():
+        out = up(x)
+        torch.testing.assert_close(out, plain_upsample(up, x), atol=1e-5, rtol=1e-5)
+        assert out.is_contiguous(memory_format=layout)
+        up.conv.weight.mul_(-0.5)  # the cached phase kernels follow in-place changes of the weight
+        torch.testing.assert_close(up(x), plain_upsample(up, x), atol=1e-5, rtol=1e-5)
+        half = copy.deepcopy(up).to(torch.bfloat16)  # ... and dtype changes
+        torch.testing.assert_close(half(x.bfloat16()).float(), plain_upsample(up, x), atol=0.05, rtol=0.02)
+
+
+def test_folded_upsample_gradients_match():
+    """Textual inversion backpropagates through the UNet's upsampling (to the input; weights frozen),
+    and fine-tuning would to the weights."""
+    torch.manual_seed(0)
+    up = Upsample(8)
+    x = torch.randn(2, 8, 4, 6, requires_grad=True)
+    grads = []
+    for fn in (up, lambda v: plain_upsample(up, v)):
+        up.zero_grad()
+        x.grad = None
+        (fn(x) ** 2).sum().backward()
+        grads.append((x.grad.clone(), up.conv.weight.grad.clone()))
+    for folded, plain in zip(*grads):
+        torch.testing.assert_close(folded, plain, atol=1e-4, rtol=1e-5)
+
+
+def test_row_sliced_feedforward_matches_whole():
+    torch.manual_seed(0)
+    ff = FeedForward(32).requires_grad_(False)
+    x = torch.randn(3, 50, 32)
+    with torch.no_grad():
+        whole = ff.net(x)
+        ff.CPU_ROWS = 7  # 150 rows in 22 slices, the last one short
+        torch.testing.assert_close(ff(x), whole, atol=1e-6, rtol=1e-6)

@@ -1,4 +1,6 @@
-"""tools/: the fixture writer reproduces the reference weights' rule; the inspector reads headers only."""
+"""tools/: the fixture writer reproduces the reference weights' rule; the inspector reads headers only; the
+benchmark's end-to-end part runs the real command (its timings are not tested)."""
+import json
 import subprocess
 import sys
 
@@ -32,3 +34,12 @@ def test_inspect_checkpoint(tiny_dir):
     bad = subprocess.run([sys.executable, str(ROOT / "tools" / "inspect_checkpoint.py"), str(ROOT / "setup.py")],
                          capture_output=True, text=True)
     assert bad.returncode == 1 and bad.stderr.startswith("error:") and bad.stderr.count("\n") == 1
+
+
+def test_bench_times_the_interpolate_command(tiny_ckpt, tmp_path):
+    subprocess.run([sys.executable, str(ROOT / "tools" / "bench.py"), "--parts", "interp", "--ckpt", str(tiny_ckpt),
+                    "--dtypes", "float32", "--interp-size", "64", "--interp-frames", "5", "--interp-steps", "10",
+                    "--json", str(tmp_path / "bench.json")], capture_output=True, text=True, check=True)
+    (row,) = json.loads((tmp_path / "bench.json").read_text())["results"]
+    assert row["part"] == "interpolate" and row["frames"] == 5 and row["median_s"] > 0
+    assert row["unet_calls"] > 0

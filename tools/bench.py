@@ -7,6 +7,7 @@ SD 2.1 configuration and the same weights side by side, interleaved, in the same
     python tools/bench.py                                  # CPU defaults: 512 px, batch 2, fp32 and bf16
     python tools/bench.py --peer diffusers --json bench.json
     python tools/bench.py --device cuda --dtypes bfloat16 float16 --sizes 512 768 --batch 16 --compile both
+    python tools/bench.py --parts interp --ckpt sd21.safetensors --dtypes bfloat16 --interp-frames 17
 
 Weights are random (SD 2.1 shapes, the fixture rule) unless --ckpt gives a checkpoint: speed does not
 depend on the values.
@@ -181,39 +182,78 @@ def diffusers_vae_peer(vae: AutoencoderKL):
 
 
 def bench_vae(args, device, results):
+    """Decode at 512 px in both memory layouts, ours and diffusers' interleaved. Each row's `ratio` compares
+    the same layout; `ratio_vs_default` compares ours in that layout with diffusers as it ships (NCHW)."""
     with torch.device("meta"):
         vae = AutoencoderKL(ModelConfig().vae)
     vae = random_module(vae, "first_stage_model.")
     peer = diffusers_vae_peer(vae) if args.peer == "diffusers" else None
+    layouts = (torch.contiguous_format, torch.channels_last)
     for dtype_name in args.dtypes:
         dtype = parse_dtype(dtype_name)
         z = torch.randn(1, 4, 64, 64, device=device, dtype=dtype)
-        for channels_last in (False, True):
-            fmt = torch.channels_last if channels_last else torch.contiguous_format
-            ours = vae.to(device, dtype, memory_format=fmt)
-            theirs = peer.to(device, dtype, memory_format=fmt) if peer is not None else None
-            zz = z.contiguous(memory_format=fmt)
-            calls = [lambda: ours.decode(zz)] + ([lambda: theirs.decode(zz)] if theirs is not None else [])
-            with torch.no_grad():
-                mine, *rest = interleaved(calls, device, args.repeats)
-            other = rest[0] if rest else []
-            row = {"part": "vae_decode_512", "dtype": dtype_name, "channels_last": channels_last,
-                   "median_s": statistics.median(mine)}
-            if other:
-                row.update(diffusers_median_s=statistics.median(other), ratio=row["median_s"] / statistics.median(other))
+        models = [(copy.deepcopy(vae).to(device, dtype, memory_format=fmt), z.contiguous(memory_format=fmt))
+                  for fmt in layouts]
+        if peer is not None:
+            models += [(copy.deepcopy(peer).to(device, dtype, memory_format=fmt), z.contiguous(memory_format=fmt))
+                       for fmt in layouts]
+        with torch.no_grad():
+            times = interleaved([lambda m=m, zz=zz: m.decode(zz) for m, zz in models], device, args.repeats)
+        medians = [statistics.median(t) for t in times]
+        for i, fmt in enumerate(layouts):
+            row = {"part": "vae_decode_512", "dtype": dtype_name, "channels_last": fmt == torch.channels_last,
+                   "median_s": medians[i]}
+            if peer is not None:
+                row.update(diffusers_median_s=medians[2 + i], ratio=medians[i] / medians[2 + i],
+                           ratio_vs_default=medians[i] / medians[2])
             results.append(row)
             print(row)
 
 
+def bench_interp(args, device, results):
+    """The `interpolate` command end to end on two generated pictures with a short schedule (no inversion,
+    no pose, one candidate): wall time, UNet calls and the time per guided step it implies."""
+    import tempfile
+
+    import numpy as np
+    from PIL import Image
+
+    from interp.cli import interpolate, parse_args
+    if not args.ckpt:
+        raise SystemExit("--parts interp needs --ckpt (e.g. python tools/make_fixture_weights.py sd --out sd21.safetensors)")
+    yy, xx = np.mgrid[0:args.interp_size, 0:args.interp_size] / args.interp_size
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for name, rgb in (("a", (xx, yy, 1 - xx)), ("b", (1 - yy, xx * yy, yy))):
+            paths.append(f"{tmp}/{name}.png")
+            Image.fromarray((np.stack(rgb, -1) * 255).astype(np.uint8)).save(paths[-1])
+        for dtype_name in args.dtypes:
+            argv = [*paths, "--prompt", "a photograph", "--ckpt", args.ckpt, "--device", str(device),
+                    "--dtype", dtype_name, "--frames", str(args.interp_frames), "--steps", str(args.interp_steps),
+                    "--size", str(args.interp_size), "--inversion-steps", "0", "--candidates", "1", "--no-pose",
+                    "--out", f"{tmp}/run-{dtype_name}", "--overwrite"] + (["--compile"] if args.compile == "on" else [])
+            state = interpolate(parse_args(argv)).state
+            seconds = state["seconds"]
+            row = {"part": "interpolate", "size": args.interp_size, "dtype": dtype_name, "compiled": args.compile == "on",
+                   "frames": args.interp_frames, "steps": args.interp_steps, "unet_calls": state["unet_calls"],
+                   "median_s": seconds["total"], "frames_s": seconds["frames"]}
+            results.append(row)
+            print(row)
+
+
+COLUMNS = [  # (header, row key, width, format); a row without the key leaves the cell blank
+    ("size", "size", 6, "d"), ("batch", "batch", 6, "d"), ("frames", "frames", 7, "d"), ("s/call", "median_s", 9, ".2f"),
+    ("TFLOP", "tflop_per_call", 7, ".2f"), ("GFLOP/s", "gflops", 9, ".0f"), ("of peak", "fraction_of_peak", 8, ".0%"),
+    ("diffusers", "diffusers_median_s", 11, ".2f"), ("ratio", "ratio", 7, ".2f"), ("vs NCHW", "ratio_vs_default", 8, ".2f"),
+    ("UNet calls", "unet_calls", 11, "d")]
+
+
 def print_table(results):
-    print(f"\n{'part':<16}{'size':>6}{'batch':>6}{'dtype':>10}{'mode':>10}{'s/call':>9}{'TFLOP':>7}"
-          f"{'GFLOP/s':>9}{'of peak':>8}{'diffusers':>11}{'ratio':>7}")
+    print(f"\n{'part':<16}{'dtype':>10}{'mode':>10}" + "".join(f"{h:>{w}}" for h, _, w, _ in COLUMNS))
     for r in results:
         mode = "compiled" if r.get("compiled") else ("ch-last" if r.get("channels_last") else "eager")
-        print(f"{r['part']:<16}{r.get('size', 512):>6}{r.get('batch', 1):>6}{r['dtype']:>10}{mode:>10}"
-              f"{r['median_s']:>9.2f}{r.get('tflop_per_call', 0):>7.2f}{r.get('gflops', 0):>9.0f}"
-              f"{r.get('fraction_of_peak', 0):>8.0%}{r.get('diffusers_median_s', float('nan')):>11.2f}"
-              f"{r.get('ratio', float('nan')):>7.2f}")
+        cells = "".join(f"{format(r[k], f) if k in r else '':>{w}}" for _, k, w, f in COLUMNS)
+        print(f"{r['part']:<16}{r['dtype']:>10}{mode:>10}{cells}")
 
 
 def main(argv=None):
@@ -224,7 +264,11 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--compile", choices=["off", "on", "both"], default="off")
-    p.add_argument("--parts", nargs="+", choices=["unet", "vae"], default=["unet", "vae"])
+    p.add_argument("--parts", nargs="+", choices=["unet", "vae", "interp"], default=["unet", "vae"],
+                   help="interp: the interpolate command end to end (needs --ckpt)")
+    p.add_argument("--interp-frames", type=int, default=5)
+    p.add_argument("--interp-steps", type=int, default=20, help="DDIM schedule length of the interpolation")
+    p.add_argument("--interp-size", type=int, default=512)
     p.add_argument("--peer", choices=["diffusers"], default=None)
     p.add_argument("--ckpt", default=None, help="time a real checkpoint instead of random weights")
     p.add_argument("--json", default=None, help="also write the results here")
@@ -235,6 +279,8 @@ def main(argv=None):
         bench_unet(a, device, results)
     if "vae" in a.parts:
         bench_vae(a, device, results)
+    if "interp" in a.parts:
+        bench_interp(a, device, results)
     print_table(results)
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
     meta = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
