@@ -212,7 +212,7 @@ def bench_vae(args, device, results):
 
 def bench_interp(args, device, results):
     """The `interpolate` command end to end on two generated pictures with a short schedule (no inversion,
-    no pose, one candidate): wall time, UNet calls and the time per guided step it implies."""
+    no pose, one candidate): wall time (whole command, and the frames alone) and UNet calls."""
     import tempfile
 
     import numpy as np
