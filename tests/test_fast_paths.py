@@ -1,6 +1,6 @@
 """Every speed-up matches the plain path it replaces: fused vs textbook attention (test_parity.py),
 torch.compile vs eager, NHWC vs NCHW VAE, folded vs upsample-then-conv, row-sliced vs whole feed-forward,
-split vs whole UNet batches, compiled vs eager slerp."""
+sliced vs whole convolution weights, split vs whole UNet batches, compiled vs eager slerp."""
 import copy
 
 import pytest
@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from interp.slerp import slerp
-from ldm.blocks import FeedForward, Upsample
+from ldm import blocks
+from ldm.blocks import Conv2d, FeedForward, Upsample
 from ldm.cli import compile_model
 from ldm.denoiser import Denoiser
 from ldm.pipeline import decode_latents
@@ -101,3 +102,36 @@ def test_row_sliced_feedforward_matches_whole():
         whole = ff.net(x)
         ff.CPU_ROWS = 7  # 150 rows in 22 slices, the last one short
         torch.testing.assert_close(ff(x), whole, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_sliced_conv_matches_whole(monkeypatch, layout, stride):
+    """A weight over 2 x SLICE_BYTES against an input under it goes through in slices of output channels."""
+    torch.manual_seed(0)
+    conv = Conv2d(16, 30, 3, stride=stride, padding=1)  # 17,280 bytes of weight: slices of 8, 8, 8 and 6
+    x = torch.randn(2, 16, 5, 7).contiguous(memory_format=layout)  # 4,480 bytes
+    monkeypatch.setattr(blocks, "SLICE_BYTES", 5000)
+    calls, whole_conv = [], F.conv2d
+    monkeypatch.setattr(F, "conv2d", lambda *a: calls.append(a[1].shape[0]) or whole_conv(*a))
+    with torch.no_grad():
+        out = conv(x)
+    assert calls == [8, 8, 8, 6]
+    monkeypatch.undo()
+    torch.testing.assert_close(out, F.conv2d(x, conv.weight, conv.bias, stride, 1), atol=1e-6, rtol=1e-6)
+    assert out.is_contiguous(memory_format=layout)
+
+
+def test_sliced_conv_gradients_match(monkeypatch):
+    torch.manual_seed(0)
+    conv = Conv2d(16, 30, 3, padding=1)
+    x = torch.randn(2, 16, 5, 7, requires_grad=True)
+    grads = []
+    for slice_bytes in (5000, blocks.SLICE_BYTES):
+        monkeypatch.setattr(blocks, "SLICE_BYTES", slice_bytes)
+        conv.zero_grad()
+        x.grad = None
+        (conv(x) ** 2).sum().backward()
+        grads.append((x.grad.clone(), conv.weight.grad.clone(), conv.bias.grad.clone()))
+    for sliced, whole in zip(*grads):
+        torch.testing.assert_close(sliced, whole, atol=1e-5, rtol=1e-5)

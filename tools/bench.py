@@ -2,7 +2,8 @@
 """Benchmark the model zoo on this machine (not a test): UNet step time per resolution, batch, dtype and
 compile mode, VAE decode, a short interpolation, peak RSS, FLOPs per call and the achieved fraction of the
 best matrix throughput measurable here. Optionally times diffusers' UNet2DConditionModel with the same
-SD 2.1 configuration and the same weights side by side, interleaved, in the same process.
+SD 2.1 configuration and the same weights side by side, interleaved, in the same process (compiled as well
+in the compiled rows).
 
     python tools/bench.py                                  # CPU defaults: 512 px, batch 2, fp32 and bf16
     python tools/bench.py --peer diffusers --json bench.json
@@ -151,10 +152,13 @@ def bench_unet(args, device, results):
             flops = flops_of(lambda: model(x, t, ctx))
             for compiled in ([False, True] if args.compile == "both" else [args.compile == "on"]):
                 fn = compile_model(copy.deepcopy(model), device) if compiled else model
-                calls = [lambda: fn(x, t, ctx)] + ([lambda: other(x, t, encoder_hidden_states=ctx)] if other else [])
+                rival = torch.compile(other) if compiled and other is not None else other  # like for like
+                calls = [lambda: fn(x, t, ctx)] + ([lambda: rival(x, t, encoder_hidden_states=ctx)] if other else [])
                 with torch.no_grad():
                     ours, *rest = interleaved(calls, device, args.repeats)
                 theirs = rest[0] if rest else []
+                del fn, rival
+                torch._dynamo.reset()  # drop the compiled graphs and their frozen weights
                 row = {"part": "unet", "size": size, "batch": args.batch, "dtype": dtype_name, "compiled": compiled,
                        "median_s": statistics.median(ours), "tflop_per_call": flops / 1e12,
                        "gflops": flops / statistics.median(ours) / 1e9, "peak_gflops": peak / 1e9,
