@@ -46,7 +46,13 @@ def conv2d(x, weight, bias, stride=1, padding=0):
 
 
 class Conv2d(nn.Conv2d):
-    """nn.Conv2d computed by `conv2d` (same parameters, same state_dict keys)."""
+    """nn.Conv2d computed by `conv2d` (same parameters, same state_dict keys), for plain convolutions only:
+    slicing output channels would split groups, and `conv2d` takes no dilation or padding mode."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.groups != 1 or self.dilation != (1, 1) or self.padding_mode != "zeros":
+            raise ValueError("Conv2d is for plain convolutions: no groups, dilation or padding mode; use nn.Conv2d")
 
     def _conv_forward(self, x, weight, bias):
         return conv2d(x, weight, bias, self.stride, self.padding)

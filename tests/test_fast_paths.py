@@ -135,3 +135,9 @@ def test_sliced_conv_gradients_match(monkeypatch):
         grads.append((x.grad.clone(), conv.weight.grad.clone(), conv.bias.grad.clone()))
     for sliced, whole in zip(*grads):
         torch.testing.assert_close(sliced, whole, atol=1e-5, rtol=1e-5)
+
+
+def test_sliced_conv_refuses_what_it_would_compute_wrongly():
+    for options in ({"groups": 2}, {"dilation": 2}, {"padding_mode": "reflect"}):
+        with pytest.raises(ValueError, match="plain convolutions"):
+            Conv2d(4, 4, 3, padding=1, **options)
