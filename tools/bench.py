@@ -158,7 +158,8 @@ def bench_unet(args, device, results):
                     ours, *rest = interleaved(calls, device, args.repeats)
                 theirs = rest[0] if rest else []
                 del fn, rival
-                torch._dynamo.reset()  # drop the compiled graphs and their frozen weights
+                if compiled:
+                    torch._dynamo.reset()  # drop the compiled graphs and their frozen weights
                 row = {"part": "unet", "size": size, "batch": args.batch, "dtype": dtype_name, "compiled": compiled,
                        "median_s": statistics.median(ours), "tflop_per_call": flops / 1e12,
                        "gflops": flops / statistics.median(ours) / 1e9, "peak_gflops": peak / 1e9,
