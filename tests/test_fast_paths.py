@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from interp.slerp import slerp
 from ldm import blocks
-from ldm.blocks import Conv2d, FeedForward, Upsample
+from ldm.blocks import Conv2d, FeedForward, Linear, Upsample
 from ldm.cli import compile_model
 from ldm.denoiser import Denoiser
 from ldm.pipeline import decode_latents
@@ -122,22 +122,70 @@ def test_sliced_conv_matches_whole(monkeypatch, layout, stride):
     assert out.is_contiguous(memory_format=layout)
 
 
+def gradients_for_each(monkeypatch, setting: str, values, module, x):
+    """Gradients of sum(module(x)^2) for x and each parameter, once per value of `blocks.<setting>`."""
+    runs = []
+    for value in values:
+        monkeypatch.setattr(blocks, setting, value)
+        module.zero_grad()
+        x.grad = None
+        (module(x) ** 2).sum().backward()
+        runs.append([x.grad.clone()] + [p.grad.clone() for p in module.parameters()])
+    return runs
+
+
 def test_sliced_conv_gradients_match(monkeypatch):
     torch.manual_seed(0)
-    conv = Conv2d(16, 30, 3, padding=1)
     x = torch.randn(2, 16, 5, 7, requires_grad=True)
-    grads = []
-    for slice_bytes in (5000, blocks.SLICE_BYTES):
-        monkeypatch.setattr(blocks, "SLICE_BYTES", slice_bytes)
-        conv.zero_grad()
-        x.grad = None
-        (conv(x) ** 2).sum().backward()
-        grads.append((x.grad.clone(), conv.weight.grad.clone(), conv.bias.grad.clone()))
-    for sliced, whole in zip(*grads):
-        torch.testing.assert_close(sliced, whole, atol=1e-5, rtol=1e-5)
+    conv = Conv2d(16, 30, 3, padding=1)
+    sliced, whole = gradients_for_each(monkeypatch, "SLICE_BYTES", (5000, blocks.SLICE_BYTES), conv, x)
+    for a, b in zip(sliced, whole):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
 def test_sliced_conv_refuses_what_it_would_compute_wrongly():
     for options in ({"groups": 2}, {"dilation": 2}, {"padding_mode": "reflect"}):
         with pytest.raises(ValueError, match="plain convolutions"):
             Conv2d(4, 4, 3, padding=1, **options)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_linear_as_conv_matches_f_linear(monkeypatch, bias, transposed):
+    """At least CONV_ROWS rows on the CPU: a 1x1 convolution over the rows, same result as F.linear."""
+    torch.manual_seed(0)
+    layer = Linear(24, 40, bias=bias).requires_grad_(False)
+    x = torch.randn(2, 24, 35).transpose(1, 2) if transposed else torch.randn(2, 35, 24)  # 70 rows
+    monkeypatch.setattr(blocks, "CONV_ROWS", 70)
+    calls, conv = [], F.conv2d
+    monkeypatch.setattr(F, "conv2d", lambda *a: calls.append(a[0].shape) or conv(*a))
+    out = layer(x)
+    assert calls == [(1, 24, 1, 70)]
+    monkeypatch.undo()
+    assert out.shape == (2, 35, 40) and out.is_contiguous()
+    torch.testing.assert_close(out, F.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
+
+
+def test_linear_below_conv_rows_is_f_linear(monkeypatch):
+    layer = Linear(8, 8)
+    monkeypatch.setattr(blocks, "CONV_ROWS", 71)
+    monkeypatch.setattr(F, "conv2d", lambda *a: pytest.fail("short inputs keep F.linear"))
+    layer(torch.randn(70, 8))
+
+
+def test_linear_as_conv_gradients_match(monkeypatch):
+    torch.manual_seed(0)
+    x = torch.randn(3, 30, 24, requires_grad=True)
+    as_conv, plain = gradients_for_each(monkeypatch, "CONV_ROWS", (1, blocks.CONV_ROWS), Linear(24, 40), x)
+    for a, b in zip(as_conv, plain):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5)
+
+
+def test_unet_with_linear_as_conv_matches_reference(monkeypatch, tiny_sd, cases):
+    """The tiny UNet's inputs are short; with CONV_ROWS = 1 every projection takes the convolution path."""
+    with torch.no_grad():
+        plain = tiny_sd.unet(cases["unet_x"], cases["unet_t"], cases["unet_context"])
+        monkeypatch.setattr(blocks, "CONV_ROWS", 1)
+        as_conv = tiny_sd.unet(cases["unet_x"], cases["unet_t"], cases["unet_context"])
+    torch.testing.assert_close(as_conv, plain, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(as_conv, cases["unet_out"], atol=1e-4, rtol=1e-4)
