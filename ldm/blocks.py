@@ -25,6 +25,12 @@ def timestep_embedding(t, dim: int):
     return emb
 
 
+def eager_on_cpu(x) -> bool:
+    """Whether `x` is on the CPU outside torch.compile: where the oneDNN fast paths below apply (compiled
+    graphs prepack their weights once and choose their own kernels)."""
+    return x.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
 SLICE_BYTES = 16 << 20
 
 
@@ -38,8 +44,7 @@ def conv2d(x, weight, bias, stride=1, padding=0):
     (tests/test_fast_paths.py); a large input is left whole, since every slice reads all of it.
     """
     size = weight.numel() * weight.element_size()
-    if (x.device.type != "cpu" or size <= 2 * SLICE_BYTES or x.numel() * x.element_size() > SLICE_BYTES
-            or torch.compiler.is_compiling()):  # (compiled graphs prepack their weights once)
+    if not eager_on_cpu(x) or size <= 2 * SLICE_BYTES or x.numel() * x.element_size() > SLICE_BYTES:
         return F.conv2d(x, weight, bias, stride, padding)
     n = -(-size // SLICE_BYTES)
     return torch.cat([F.conv2d(x, w, b, stride, padding) for w, b in zip(weight.chunk(n), bias.chunk(n))], dim=1)
@@ -71,7 +76,7 @@ def linear(x, weight, bias=None):
     faster), other devices and compiled graphs keep F.linear.
     """
     rows = x.numel() // x.shape[-1]
-    if x.device.type != "cpu" or rows < CONV_ROWS or torch.compiler.is_compiling():
+    if not eager_on_cpu(x) or rows < CONV_ROWS:
         return F.linear(x, weight, bias)
     image = x.reshape(1, 1, rows, x.shape[-1]).permute(0, 3, 1, 2)  # [1, in, 1, rows], channels last
     out = F.conv2d(image, weight[:, :, None, None], bias)  # [1, out, 1, rows], channels last
