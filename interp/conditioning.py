@@ -9,6 +9,7 @@ import pose
 from ldm.errors import UserError
 
 from .slerp import slerp
+from .warp import warp_points
 
 
 class TextConditioning:
@@ -33,19 +34,35 @@ def control_strength(positions, ends: float = 1.0, middle: float = 1.5) -> torch
 
 
 class PoseConditioning:
-    """Keypoints of both inputs, matched and linearly interpolated, drawn as ControlNet hints
-    (Section 4.3). Keypoints present in only one image are left out of the intermediate frames."""
+    """Keypoints of both inputs, matched and linearly interpolated, drawn as ControlNet hints (Section 4.3).
 
-    def __init__(self, people_a: list, people_b: list, height: int, width: int):
+    By default only the main subject of each image (its largest person, as the authors' `get_pose(
+    filter_largest=True)`) is used; `all_people` matches every person by position. Keypoints present in
+    only one image are left out of the intermediate frames. With a latent warp the skeletons move with
+    the latent: frame p sees image A's keypoints warped by p and image B's by p - 1, as its latent.
+    """
+
+    def __init__(self, people_a: list, people_b: list, height: int, width: int, all_people: bool = False,
+                 warp=None):
+        if not all_people:
+            people_a, people_b = ([people[pose.main_subject(people)]] if people else [] for people in (people_a, people_b))
         self.people_a, self.people_b = people_a, people_b
-        self.height, self.width = height, width
+        self.height, self.width, self.warp = height, width, warp
         self.pairs = pose.match_people(people_a, people_b)
 
     def __bool__(self):
         return bool(self.pairs)
 
+    def _moved(self, person, amount: float):
+        if self.warp is None or amount == 0:
+            return person
+        xy = warp_points(person[:, :2], self.warp, amount, self.width, self.height)
+        return np.concatenate([xy, person[:, 2:]], axis=1)
+
     def keypoints_at(self, p: float) -> list:
-        return [pose.interpolate(self.people_a[i], self.people_b[j], float(p)) for i, j in self.pairs]
+        """The skeletons drawn at position p: people x [18, 3] (x, y, confidence) in frame pixels."""
+        return [pose.interpolate(self._moved(self.people_a[i], p), self._moved(self.people_b[j], p - 1), float(p))
+                for i, j in self.pairs]
 
     def hints(self, positions) -> torch.Tensor:
         """[len(positions), 3, H, W] RGB hints in [0, 1]."""
@@ -53,12 +70,21 @@ class PoseConditioning:
         return torch.from_numpy(np.stack(canvases)).permute(0, 3, 1, 2).float() / 255.0
 
 
-def read_keypoints(path, height: int, width: int) -> list:
-    """People from a `pose-detect --json` file, scaled to height x width."""
+def read_keypoints(path, source_size, placement) -> list:
+    """People from a `pose-detect --json` file of an input image, taken through exactly the transform the
+    image goes through (`placement`, an `ldm.images.Placement`): first scaled from the size the keypoints
+    were detected at to the image's `source_size` (width, height), then cropped and resized with the image.
+    Keypoints that the crop cuts away are marked missing (confidence 0)."""
     try:
         with open(path) as f:
             record = json.load(f)
-        scale = np.array([width / record["width"], height / record["height"], 1.0])
-        return [np.asarray(person["keypoints"], dtype=np.float64).reshape(18, 3) * scale for person in record["people"]]
+        scale = np.array([source_size[0] / record["width"], source_size[1] / record["height"]])
+        people = [np.asarray(person["keypoints"], dtype=np.float64).reshape(18, 3) for person in record["people"]]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"cannot read keypoints from {path} ({type(e).__name__}: {e}): give a file written by pose-detect --json") from None
+    placed = []
+    for person in people:
+        xy = placement.points(person[:, :2] * scale)
+        conf = np.where(placement.inside(xy) & (person[:, 2] > 0), person[:, 2], 0.0)
+        placed.append(np.where(conf[:, None] > 0, np.concatenate([xy, conf[:, None]], axis=1), 0.0))
+    return placed

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import NamedTuple
 
+import numpy as np
+
 from ldm.ddim import ddim_timesteps
 from ldm.errors import UserError
 
@@ -50,52 +52,48 @@ def frame_tree(n: int, schedule: str | Sequence[float] = "uniform") -> list[list
 
 
 class NoiseLevel(NamedTuple):
-    """A round's noise level: `timestep` of the training schedule and its index `step` in the
-    sampler's ascending timestep list (the DDIM list, or 0..T-1 when there is no DDIM schedule,
-    where step == timestep)."""
+    """A round's noise level: `timestep` of the training schedule and its index `step` in the DDIM
+    sampler's ascending timestep list."""
     step: int
     timestep: int
 
 
-def noise_levels(num_levels: int, low: float = 0.25, high: float = 0.65, num_timesteps: int = 1000,
-                 steps: int | None = None, levels: Sequence[float | int] | None = None) -> list[NoiseLevel]:
-    """The noise level of each round, strictly decreasing with depth.
+def noise_levels(num_levels: int, steps: int, low: float = 0.30, high: float = 0.55,
+                 levels: Sequence[float | int] | None = None, num_timesteps: int = 1000) -> list[NoiseLevel]:
+    """The noise level of each round on the `steps`-step DDIM grid, strictly decreasing with depth.
 
-    By default linear from `high` (round 0) to `low` (last round) as fractions of the
-    `num_timesteps`-step schedule; a single round uses `high`. `levels` overrides this with one
-    value per round: a float is a fraction in (0, 1), an int a timestep in [1, T - 1]. Each
-    level snaps to the nearest timestep of the DDIM schedule with `steps` steps (to the nearest
-    integer timestep when `steps` is None; a tie goes to the lower one). Levels that snap to the
-    same timestep are an error.
+    As the authors' `get_step_schedule(..., 'linear')`: the DDIM step indices int(x) for x in
+    linspace(int(low S), int(high S), rounds), used from the highest (round 0) to the lowest (a single
+    round uses `low`). `levels` overrides this with one value per round, first round first: a float is a
+    fraction of the schedule (step index int(f S)), an int a timestep (the nearest on the grid, a tie
+    going to the lower one). Levels that fall on the same step are an error.
     """
     if not isinstance(num_levels, Integral) or num_levels < 1:
         raise UserError(f"the number of noise levels must be a positive integer, got {num_levels!r}")
+    grid = ddim_timesteps(steps, num_timesteps).tolist()
     if levels is None:
         if not 0 < low <= high < 1:
             raise UserError(f"noise levels need 0 < low <= high < 1, got low={low}, high={high}")
-        span = max(num_levels - 1, 1)
-        targets = [(high + (low - high) * k / span) * num_timesteps for k in range(num_levels)]
+        indices = [int(x) for x in np.linspace(int(low * steps), int(high * steps), num_levels)][::-1]
     else:
         if len(levels) != num_levels:
             raise UserError(f"{len(levels)} noise levels were given for {num_levels} rounds of frames: give exactly one per round")
-        targets = [_level_timestep(v, num_timesteps) for v in levels]
-    candidates = ddim_timesteps(steps, num_timesteps).tolist() if steps is not None else list(range(num_timesteps))
-    snapped = [min(range(len(candidates)), key=lambda k: abs(candidates[k] - target)) for target in targets]
-    result = [NoiseLevel(k, candidates[k]) for k in snapped]
-    if any(deeper.timestep >= level.timestep for level, deeper in zip(result, result[1:])):
-        raise UserError(f"noise levels must decrease strictly from round to round, got timesteps {[r.timestep for r in result]}: "
+        indices = [_level_index(v, grid, num_timesteps) for v in levels]
+    indices = [min(k, len(grid) - 1) for k in indices]
+    if any(deeper >= k for k, deeper in zip(indices, indices[1:])):
+        raise UserError(f"noise levels must decrease strictly from round to round, got timesteps {[grid[k] for k in indices]}: "
                         "spread them further apart or use more DDIM steps")
-    return result
+    return [NoiseLevel(k, grid[k]) for k in indices]
 
 
-def _level_timestep(value, num_timesteps: int) -> float:
-    """A user's level as a timestep: ints are timesteps, other numbers fractions of the schedule."""
+def _level_index(value, grid: list, num_timesteps: int) -> int:
+    """A user's level as a DDIM step index: ints are timesteps, other numbers fractions of the schedule."""
     if isinstance(value, bool) or not isinstance(value, Real):
         raise UserError(f"a noise level must be a fraction in (0, 1) or an integer timestep, got {value!r}")
     if isinstance(value, Integral):
         if not 1 <= value < num_timesteps:
             raise UserError(f"a noise level timestep must be from 1 to {num_timesteps - 1}, got {value}")
-        return float(value)
+        return min(range(len(grid)), key=lambda k: abs(grid[k] - value))
     if not 0 < value < 1:
         raise UserError(f"a noise level fraction must lie in (0, 1), got {value}")
-    return value * num_timesteps
+    return int(value * len(grid))

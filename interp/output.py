@@ -6,6 +6,7 @@ Layout of a run directory DIR for F = N + 1 frames (names padded to at least 4 d
     DIR/frames/frame_0000.png ...           frame 0 and frame N are the inputs
     DIR/latents/frame_0000.safetensors ...  the clean latent [1, 4, h, w] float32 of each frame (key "latent")
     DIR/candidates/frame_0005_c0.png ...    every ranked candidate of a frame, c0 first
+    DIR/embeddings.safetensors              the text embeddings textual inversion fitted ("cond", "uncond")
     DIR/video.mp4, animation.gif, contact_sheet.png   written by `finish`
 
 run.json holds `settings` (as given, JSON-normalised), `status` ("running" or "complete"), `started`
@@ -32,10 +33,14 @@ from ldm import safetensors_io
 from ldm.errors import UserError
 from ldm.images import save_png
 
+from .inversion import save_embeddings
+
 OUTPUTS = {"video": "video.mp4", "gif": "animation.gif", "contact_sheet": "contact_sheet.png"}
 SHEET_MAX_WIDTH = 4096  # contact-sheet thumbnails are shrunk to keep the sheet at most this wide
 SHEET_GAP = 4           # pixels between and around contact-sheet thumbnails
-_RESERVED = {"settings", "status", "started", "resumed", "finished", "frames", "candidates", "outputs", "fps"}
+EMBEDDINGS = "embeddings.safetensors"
+_RESERVED = {"settings", "status", "started", "resumed", "finished", "frames", "candidates", "outputs", "fps",
+             "embeddings"}
 
 
 def _default(obj):
@@ -98,6 +103,10 @@ class RunDir:
     def latent_path(self, index: int) -> str:
         return os.path.join(self.path, "latents", self._name(index) + ".safetensors")
 
+    @property
+    def embeddings_path(self) -> str:
+        return os.path.join(self.path, EMBEDDINGS)
+
     def candidate_path(self, index: int, k: int) -> str:
         return os.path.join(self.path, "candidates", f"{self._name(index)}_c{k}.png")
 
@@ -151,6 +160,12 @@ class RunDir:
             save_png(image, path, {"frame": index, "candidate": k})
         self.state["candidates"][str(index)] = {"files": [self._relative(p) for p in files],
                                                 "scores": normalise(scores), "kept": kept}
+        self._save_state()
+
+    def save_embeddings(self, cond, uncond) -> None:
+        """Keep the inverted text embeddings, so that the run folder alone reproduces the run."""
+        save_embeddings(self.embeddings_path, cond, uncond)
+        self.state["embeddings"] = EMBEDDINGS
         self._save_state()
 
     def record(self, **fields) -> None:
@@ -217,13 +232,15 @@ class RunDir:
         `name.part.ext` of run.json and the outputs."""
         d = glob.escape(self.path)
         parts = [p for sub in ("frames", "latents", "candidates") for p in glob.glob(os.path.join(d, sub, "*.part"))]
-        return parts + [_part(os.path.join(self.path, name)) for name in ("run.json", *OUTPUTS.values())]
+        return parts + [_part(os.path.join(self.path, name)) for name in ("run.json", *OUTPUTS.values())] + [
+            os.path.join(self.path, EMBEDDINGS + ".part")]
 
     def _clear(self) -> None:
         """Delete the files of a previous run (only names of this layout)."""
         d = glob.escape(self.path)
         patterns = [os.path.join(d, "frames", "frame_*.png"), os.path.join(d, "latents", "frame_*.safetensors"),
-                    os.path.join(d, "candidates", "frame_*_c*.png"), os.path.join(d, "run.json")]
+                    os.path.join(d, "candidates", "frame_*_c*.png"), os.path.join(d, "run.json"),
+                    os.path.join(d, EMBEDDINGS)]
         patterns += [os.path.join(d, name) for name in OUTPUTS.values()]
         self._remove([p for pattern in patterns for p in glob.glob(pattern)] + self._parts())
 

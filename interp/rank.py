@@ -12,8 +12,10 @@ import torch
 import ldm
 from ldm.clip import cosine_similarity
 
-POSITIVE = "high quality, detailed, 2D"
-NEGATIVE = "blurry, distorted, 3D render"
+# Defaults for photographs (the paper's example, "high quality, detailed, 2D" / "blurry, distorted, 3D
+# render", suits its cartoon pair; the authors wrote prompts like these for their photo pairs).
+POSITIVE = "a high quality, detailed, sharp photograph"
+NEGATIVE = "blurry, distorted, deformed, low quality"
 
 
 class Scorer(Protocol):

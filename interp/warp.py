@@ -11,11 +11,13 @@ counter-clockwise as seen on screen, and pan (dx, dy) moves it right/down by tha
 the width/height. `warp_latent` applies a fraction `amount` of the warp: zoom ** amount,
 amount * rotate_deg and amount * pan, so equal steps of amount zoom at a constant rate. Samples
 from outside the latent are reflected back in (padding "reflection"), which keeps latent
-statistics natural where border padding would smear edge rows into streaks.
+statistics natural where border padding would smear edge rows into streaks. `warp_points` moves
+keypoints by the same motion.
 """
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -55,3 +57,22 @@ def warp_latent(z: torch.Tensor, warp: Warp, amount) -> torch.Tensor:
     grid = F.affine_grid(theta, [B, C, h, w], align_corners=False)
     warped = F.grid_sample(z.to(compute), grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     return torch.where(amount.view(B, 1, 1, 1) == 0, z, warped.to(z.dtype))
+
+
+def warp_points(xy, warp: Warp, amount: float, width: int, height: int) -> np.ndarray:
+    """Pixel coordinates xy [..., 2] (x, y) of an image width x height moved as `warp_latent` moves the
+    content under `amount` (a float) of `warp`. Pixel coordinate x names the centre of pixel x, the
+    point x + 0.5 of the continuous [0, width] (the convention of OpenPose keypoints). Only the motion is
+    modelled: points moved outside the image stay outside (warp_latent reflects content back in)."""
+    xy = np.asarray(xy, dtype=np.float64)
+    if amount == 0:  # exactly unchanged, as warp_latent (the arithmetic below would round)
+        return xy.copy()
+    size = np.array([width, height], dtype=np.float64)
+    center = np.asarray(warp.center) * size
+    pan = amount * np.asarray(warp.pan) * size
+    scale, angle = warp.zoom ** amount, amount * math.radians(warp.rotate_deg)
+    cos, sin = scale * math.cos(angle), scale * math.sin(angle)
+    # Counter-clockwise on screen with y down: a point right of the center moves up.
+    m = np.array([[cos, sin], [-sin, cos]])
+    p = xy + 0.5 - center
+    return center + p @ m.T + pan - 0.5

@@ -14,6 +14,7 @@ what img2img and the interpolation method need. All update arithmetic runs in fl
 import numpy as np
 import torch
 
+from . import rng
 from .errors import UserError
 from .schedule import NoiseSchedule
 
@@ -70,25 +71,29 @@ class DDIM:
         a_prev, sigma = f32(self.alphas_prev[index]), f32(self.sigmas[index])
         x_prev = a_prev.sqrt() * pred_x0 + (1.0 - a_prev - sigma ** 2).sqrt() * eps
         if self.eta > 0:
-            x_prev = x_prev + sigma * torch.randn(x.shape, generator=generator, device=x.device)
+            x_prev = x_prev + sigma * rng.randn(x.shape, generator, x.device)
         return x_prev, pred_x0
 
     @torch.no_grad()
     def sample(self, model, x, cond, uncond=None, guidance: float = 1.0, start: int = None, callback=None,
-               generator=None):
-        """Denoise x (noised to timestep[start]; pure noise at the last index by default) down to step 0.
+               generator=None, end: int = None):
+        """Denoise x (noised to timestep[start]; pure noise at the last index by default) down to step 0, or
+        only down to the latent at timestep[end] (a partial denoising) when `end` < start is given.
 
         `model(x, t, context)` returns the network output (eps or v); with `uncond` and guidance != 1,
         classifier-free guidance evaluates it once on the batch [uncond; cond]:
         out = out_uncond + guidance (out_cond - out_uncond). `callback(i, index, t, x_prev, pred_x0)`
-        runs after every step. Returns the final latent (float32).
+        runs after every step. `generator` (one, or one per sample) draws the noise of eta > 0. Returns
+        the final latent (float32).
         """
         start = len(self) - 1 if start is None else start
         if not 0 <= start < len(self):
             raise UserError(f"start index must be in [0, {len(self) - 1}], not {start}")
+        if end is not None and not 0 <= end < start:
+            raise UserError(f"end index must be in [0, {start - 1}] to stop part-way, not {end}")
         x = x.float()
         guided = uncond is not None and guidance != 1.0
-        for i, index in enumerate(range(start, -1, -1)):
+        for i, index in enumerate(range(start, -1 if end is None else end, -1)):
             t = torch.full((x.shape[0] * (2 if guided else 1),), int(self.timesteps[index]), device=x.device, dtype=torch.long)
             if guided:
                 out_u, out_c = model(torch.cat([x, x]), t, torch.cat([uncond, cond])).float().chunk(2)

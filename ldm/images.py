@@ -2,11 +2,16 @@
 accept, and writing PNGs atomically.
 
 Size rule: the target is W x H, both multiples of 64 (a requested size is rounded down to multiples of
-64, at least 64). The image is centre-cropped to the target's aspect ratio, then resized to W x H with
-Lanczos filtering. Without a requested size the target is the image's own size rounded down to
-multiples of 64.
+64, at least 64). A `Placement` brings the image to the target: a source box is resized to W x H with
+Lanczos filtering. In mode "crop" (the default, and `fit`) the box is the largest centred box of the
+target's aspect ratio, so the picture is centre-cropped; in mode "resize" the box is the whole picture,
+whose aspect ratio may then change. `Placement.points` maps pixel coordinates (keypoints) through the
+same transform. Without a requested size `fit` uses the image's own size rounded down to multiples of 64;
+`frame_size` gives the interpolation's default frame: the image's aspect ratio at a model's native size.
 """
+import math
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -46,17 +51,74 @@ def open_image(path) -> Image.Image:
         raise UserError(f"cannot read image {path}: {e}") from None
 
 
-def fit(image: Image.Image, size=None) -> Image.Image:
-    """Centre-crop to the target aspect ratio and resize to the target (see the module's size rule)."""
-    w, h = image.size
-    tw, th = (_multiple_of_64(s) for s in (size or (w, h)))
+@dataclass(frozen=True)
+class Placement:
+    """How a source image is brought to the frame: the source box (left, top, right, bottom), in source
+    pixels (floats allowed), is resized to `size` = (W, H).
+
+    The box is in continuous coordinates, where pixel i covers [i, i + 1). Pixel coordinates (as of
+    OpenPose keypoints) name pixel centres: pixel coordinate x is the continuous point x + 0.5.
+    """
+    box: tuple
+    size: tuple
+
+    def image(self, im: Image.Image) -> Image.Image:
+        """`im` cropped to the box and resized to `size` (Lanczos)."""
+        # Pillow's resize(box=...) lets the filter read pixels outside the box, so first crop to the
+        # box's integer hull: for an integer box this is exactly crop then resize.
+        left, top, right, bottom = self.box
+        hull = (math.floor(left), math.floor(top), math.ceil(right), math.ceil(bottom))
+        if hull != (0, 0) + im.size:
+            im = im.crop(hull)
+        box = (left - hull[0], top - hull[1], right - hull[0], bottom - hull[1])
+        return im.resize(tuple(self.size), Image.LANCZOS, box=box)  # a plain copy when nothing changes
+
+    def points(self, xy) -> np.ndarray:
+        """Source pixel coordinates [..., 2] (x, y) -> their coordinates in the frame."""
+        xy = np.asarray(xy, dtype=np.float64)
+        left, top, right, bottom = self.box
+        origin = np.array([left, top])
+        scale = np.array([self.size[0] / (right - left), self.size[1] / (bottom - top)])
+        return (xy + 0.5 - origin) * scale - 0.5
+
+    def inside(self, xy) -> np.ndarray:
+        """Bool [...]: the source point lands within the frame, [-0.5, W - 0.5] x [-0.5, H - 0.5]."""
+        p = self.points(xy)
+        limit = np.array(self.size) - 0.5
+        return np.all((p >= -0.5) & (p <= limit), axis=-1)
+
+
+def placement(source_size, target_size, mode: str = "crop") -> Placement:
+    """The placement of a source_size = (w, h) image in a target_size frame, rounded down to multiples
+    of 64 (see the module's size rule): mode "crop" centre-crops to the target's aspect ratio, mode
+    "resize" resizes the whole picture."""
+    w, h = source_size
+    tw, th = (_multiple_of_64(s) for s in target_size)
+    if mode == "resize":
+        return Placement((0, 0, w, h), (tw, th))
+    if mode != "crop":
+        raise UserError(f"placement mode must be 'crop' or 'resize', not {mode!r}")
     if w * th > h * tw:  # too wide: crop the sides
         cw, ch = round(h * tw / th), h
     else:
         cw, ch = w, round(w * th / tw)
     left, top = (w - cw) // 2, (h - ch) // 2
-    image = image.crop((left, top, left + cw, top + ch))
-    return image if image.size == (tw, th) else image.resize((tw, th), Image.LANCZOS)
+    return Placement((left, top, left + cw, top + ch), (tw, th))
+
+
+def frame_size(source_size, native: int) -> tuple:
+    """The default frame (W, H) for a source_size = (w, h) image: its aspect ratio with the long side
+    `native` (rounded down to a multiple of 64) and the short side rounded to the nearest multiple of
+    64, at least 64."""
+    w, h = source_size
+    long_side = _multiple_of_64(native)
+    short = max(64, 64 * math.floor(long_side * min(w, h) / max(w, h) / 64 + 0.5))
+    return (long_side, short) if w >= h else (short, long_side)
+
+
+def fit(image: Image.Image, size=None) -> Image.Image:
+    """Centre-crop to the target aspect ratio and resize to the target (see the module's size rule)."""
+    return placement(image.size, size or image.size, "crop").image(image)
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:

@@ -1,9 +1,10 @@
 """Text-to-image and image-to-image with a loaded SD 2.x model: the glue between the networks, the
-DDIM sampler and the latent scale. Everything random comes from one seeded CPU generator, so a run is
-reproducible bit for bit on the same machine whatever the device.
+DDIM sampler and the latent scale. Everything random comes from one seeded CPU generator (`ldm.rng`), so
+a seed gives the same noise on every device.
 """
 import torch
 
+from . import rng
 from .ddim import DDIM
 from .denoiser import Denoiser, in_batches
 from .errors import UserError
@@ -30,11 +31,6 @@ def decode_latents(sd, z: torch.Tensor, max_batch: int = None) -> torch.Tensor:
     return in_batches(lambda part: sd.vae.decode((part / sd.config.latent_scale).to(sd.dtype)).float(), max_batch, z)
 
 
-def noise_like(shape, generator: torch.Generator, device) -> torch.Tensor:
-    """Standard normal noise drawn on the CPU (the same numbers on every device), then moved."""
-    return torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
-
-
 def _denoise(sd, sampler: DDIM, z, prompt: str, negative: str, guidance: float, start, generator, callback):
     cond, uncond = encode_text(sd, [prompt]), encode_text(sd, [negative])
     return sampler.sample(Denoiser(sd.unet), z, cond, uncond, guidance, start=start, callback=callback,
@@ -47,8 +43,8 @@ def txt2img(sd, prompt: str, negative: str = "", steps: int = 200, guidance: flo
     w, h = size or (sd.config.image_size, sd.config.image_size)
     if w % 64 or h % 64:
         raise UserError(f"image size must be a multiple of 64, not {w}x{h}")
-    g = torch.Generator().manual_seed(seed)
-    z = noise_like((1, sd.config.unet.out_channels, h // 8, w // 8), g, sd.device)
+    g = rng.generator(seed)
+    z = rng.randn((1, sd.config.unet.out_channels, h // 8, w // 8), g, sd.device)
     z = _denoise(sd, DDIM(sd.schedule, sd.config.prediction, steps, eta), z, prompt, negative, guidance, None, g, callback)
     return to_pil(decode_latents(sd, z))[0]
 
@@ -70,10 +66,10 @@ def img2img(sd, image, prompt: str, negative: str = "", strength: float = 0.5, s
     As the reference img2img, strength s runs int(s * S) of the S DDIM steps; here the latent is noised
     to exactly the timestep of the first step it runs (the reference noises one step further).
     """
-    g = torch.Generator().manual_seed(seed)
+    g = rng.generator(seed)
     sampler = DDIM(sd.schedule, sd.config.prediction, steps, eta)
     start = img2img_start(strength, len(sampler))
     z0 = encode_images(sd, to_tensor(image))
-    zt = sd.schedule.q_sample(z0, int(sampler.timesteps[start]), noise_like(z0.shape, g, sd.device))
+    zt = sd.schedule.q_sample(z0, int(sampler.timesteps[start]), rng.randn(z0.shape, g, sd.device))
     z = _denoise(sd, sampler, zt, prompt, negative, guidance, start, g, callback)
     return to_pil(decode_latents(sd, z))[0]

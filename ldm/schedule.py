@@ -56,3 +56,14 @@ class NoiseSchedule:
         """The v-prediction training target v = sqrt(abar_t) noise - sqrt(1 - abar_t) z0."""
         out = self.at("sqrt_alphas_cumprod", t, z0) * noise.float() - self.at("sqrt_one_minus_alphas_cumprod", t, z0) * z0.float()
         return out.to(z0.dtype)
+
+    def q_sample_from(self, zs, s, t, noise):
+        """More forward noising: a latent at timestep s (None: clean) taken to timestep t > s,
+
+            z_t = sqrt(abar_t / abar_s) z_s + sqrt(1 - abar_t / abar_s) noise,
+
+        which has the marginal q(z_t | z_0) of `q_sample` (paper eqs. 1-2)."""
+        if s is None:
+            return self.q_sample(zs, t, noise)
+        ratio = self.at("alphas_cumprod", t, zs) / self.at("alphas_cumprod", s, zs)
+        return (ratio.sqrt() * zs.float() + (1 - ratio).sqrt() * noise.float()).to(zs.dtype)

@@ -58,36 +58,30 @@ def test_tree_rejects_bad_sizes(n):
         frame_tree(n)
 
 
-def test_linear_levels_from_high_to_low():
-    levels = noise_levels(5)
-    assert [l.timestep for l in levels] == [650, 550, 450, 350, 250]
-    assert all(l.step == l.timestep for l in levels)
-    assert noise_levels(1) == [NoiseLevel(650, 650)], "a single round uses the high level"
-    assert [l.timestep for l in noise_levels(3, low=0.2, high=0.6)] == [600, 400, 200]
+def test_the_authors_default_levels():
+    # interpolate_qc: min_steps .3, max_steps .55 of 200 DDIM steps, linspace over the 4 rounds of 17 frames.
+    levels = noise_levels(4, 200)
+    assert [l.step for l in levels] == [110, 93, 76, 60]
+    assert [l.timestep for l in levels] == [551, 466, 381, 301]
+    assert noise_levels(1, 200) == [NoiseLevel(60, 301)], "a single round uses the low level, as the authors"
+    assert [l.step for l in noise_levels(3, 100, low=0.2, high=0.6)] == [60, 40, 20]
 
 
 @pytest.mark.parametrize("n", SIZES)
-def test_levels_snap_to_ddim_and_decrease_strictly(n):
+def test_levels_lie_on_the_ddim_grid_and_decrease_strictly(n):
     depth = len(frame_tree(n))
     grid = ddim_timesteps(50).tolist()
-    levels = noise_levels(depth, steps=50)
+    levels = noise_levels(depth, 50)
     for l in levels:
         assert grid[l.step] == l.timestep
     assert all(a.timestep > b.timestep for a, b in zip(levels, levels[1:]))
-    assert levels[0].timestep == 641  # nearest to 650 on the grid 1, 21, ..., 981
-    if depth > 1:
-        assert levels[-1].timestep == 241  # nearest to 250
-
-
-def test_snapping_to_200_steps():
-    levels = noise_levels(3, steps=200)
-    assert levels[0] == NoiseLevel(130, 651) and levels[-1] == NoiseLevel(50, 251)
-    assert levels[1].timestep == 451
+    assert levels[0].step == int(0.55 * 50) if depth > 1 else levels[0].step == int(0.3 * 50)
+    assert levels[-1].step == int(0.3 * 50)
 
 
 def test_user_levels_as_fractions_or_timesteps():
-    assert [l.timestep for l in noise_levels(3, levels=[0.7, 0.5, 0.3])] == [700, 500, 300]
-    assert [l.timestep for l in noise_levels(3, levels=[700, 503, 300], steps=200)] == [701, 501, 301]
+    assert [l.step for l in noise_levels(3, 200, levels=[0.7, 0.5, 0.3])] == [140, 100, 60]
+    assert [l.timestep for l in noise_levels(3, 200, levels=[700, 503, 300])] == [701, 501, 301]
 
 
 @pytest.mark.parametrize("levels", [
@@ -102,16 +96,16 @@ def test_user_levels_as_fractions_or_timesteps():
 ])
 def test_user_levels_are_validated(levels):
     with pytest.raises(UserError):
-        noise_levels(2, levels=levels)
+        noise_levels(2, 200, levels=levels)
 
 
-def test_levels_that_collide_after_snapping_are_an_error():
+def test_levels_that_collide_are_an_error():
     with pytest.raises(UserError):
-        noise_levels(6, steps=10)
+        noise_levels(6, 10)
     with pytest.raises(UserError):
-        noise_levels(2, low=0.5, high=0.5)
+        noise_levels(2, 200, low=0.5, high=0.5)
     for low, high in ((0.0, 0.5), (0.5, 1.0), (0.6, 0.4)):
         with pytest.raises(UserError):
-            noise_levels(2, low=low, high=high)
+            noise_levels(2, 200, low=low, high=high)
     with pytest.raises(UserError):
-        noise_levels(0)
+        noise_levels(0, 200)

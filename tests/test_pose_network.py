@@ -97,6 +97,29 @@ def test_fallback_runs_on_the_photograph_and_maps_back(encoder, scene):
     assert len(calls) == 1                      # not called when a pose is found
 
 
+def test_fallback_runs_when_the_main_subject_is_not_confident(encoder, scene):
+    from pose.detect import confidence, detect_scored
+    _, _, _, image = scene
+    found = detect_scored(image, encoder)
+    calls = []
+
+    def to_photo(img):
+        calls.append(1)
+        return np.full_like(img, 128)           # a photograph with nobody in it
+    # Confident enough: no fallback. Demanding more than the detection has: the fallback runs, finds
+    # nobody, and the original people are kept.
+    assert len(detect_scored(image, encoder, fallback=to_photo, min_confidence=confidence(found))) == len(found)
+    assert calls == []
+    kept = detect_scored(image, encoder, fallback=to_photo, min_confidence=confidence(found) + 0.01)
+    assert calls == [1] and [kp.tolist() for kp, _ in kept] == [kp.tolist() for kp, _ in found]
+
+    def to_same(img):
+        calls.append(2)
+        return image
+    detect_scored(np.full_like(image, 128), encoder, fallback=to_same)
+    assert calls == [1, 2]                      # nobody found: the fallback runs
+
+
 def test_missing_model_files_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         pose.load(tmp_path / "pose_iter_440000.caffemodel")

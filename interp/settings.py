@@ -1,0 +1,196 @@
+"""The settings of one `interpolate` run: parsed once from the command line into a frozen object, which the
+run passes down, compares when resuming and records in run.json.
+
+Defaults are the authors' released `interpolate_qc` (noise levels 0.30 -> 0.55 of the schedule, guidance
+7.5, eta 0, 8-7-6-... candidates, ControlNet strength 1 -> 1.5) with the 200 DDIM steps and 200 inversion
+iterations of their scripts. `--preview` is a project profile for a quick look on a CPU.
+"""
+import argparse
+import dataclasses
+from dataclasses import dataclass
+
+from ldm.cli import add_model_args
+
+from .rank import NEGATIVE, POSITIVE
+from .schedules import SCHEDULES
+from .schemes import ALIASES, SCHEMES
+from .warp import Warp
+
+FULL = {"size": None, "steps": 200, "inversion_steps": 200, "candidates": "auto"}
+PREVIEW = {"size": "256", "steps": 50, "inversion_steps": 50, "candidates": 1}
+# Options that do not change the frames: left out of the resume check.
+NOT_COMPARED = ("out", "overwrite", "preview", "fps", "max_batch", "compile")
+
+
+@dataclass(frozen=True)
+class Settings:
+    image_a: str
+    image_b: str
+    prompt: str
+    prompt_b: str
+    negative: str
+    frames: int
+    out: str
+    overwrite: bool
+    preview: bool
+    size: str
+    fit: str
+    steps: int
+    levels: tuple
+    cfg: float
+    eta: float
+    inversion_steps: int
+    inversion_lr: float
+    candidates: object
+    rank_positive: str
+    rank_negative: str
+    clip: str
+    clip_config: str
+    pose: bool
+    poses: tuple
+    pose_model: tuple
+    all_people: bool
+    controlnet: str
+    control_strength: tuple
+    scheme: str
+    schedule: object
+    warp: Warp
+    seed: int
+    max_batch: int
+    fps: float
+    ckpt: str
+    config: str
+    prediction: str
+    device: str
+    dtype: str
+    compile: bool
+
+    def level_args(self) -> dict:
+        """'low,high' (increasing) -> a linear range; otherwise one level per round (ints are timesteps)."""
+        v = self.levels
+        if len(v) == 2 and v[0] < v[1]:
+            return {"low": v[0], "high": v[1]}
+        return {"levels": [int(x) if x >= 1 else x for x in v]}
+
+    def record(self) -> dict:
+        """The settings the frames depend on, as run.json holds them."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in NOT_COMPARED}
+        fields["warp"] = None if self.warp is None else dataclasses.asdict(self.warp)
+        return fields
+
+
+def _floats(text: str) -> tuple:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, not {text!r}") from None
+
+
+def _candidates(text: str):
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"--candidates takes a positive integer or 'auto', not {text!r}")
+    return int(text)
+
+
+def _schedule(text: str):
+    if text in SCHEDULES:
+        return text
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--schedule takes {', '.join(SCHEDULES)} or comma-separated positions "
+                                         f"from 0 to 1, not {text!r}") from None
+
+
+def _warp(text: str) -> Warp:
+    """'zoom=1.5,center=0.4:0.5,pan=0.1:0,rotate=10' -> Warp."""
+    fields = {}
+    try:
+        for item in text.split(","):
+            key, value = item.split("=")
+            numbers = [float(v) for v in value.split(":")]
+            fields[{"rotate": "rotate_deg"}.get(key.strip(), key.strip())] = tuple(numbers) if len(numbers) > 1 else numbers[0]
+        return Warp(**fields)
+    except (ValueError, TypeError) as e:
+        raise argparse.ArgumentTypeError(f"--warp takes zoom=Z,center=X:Y,pan=DX:DY,rotate=DEG, not {text!r} ({e})") from None
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="interpolate", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                description="Interpolate between two images with Stable Diffusion 2.1 "
+                                            "(Wang & Golland 2023).")
+    p.add_argument("image_a")
+    p.add_argument("image_b")
+    run = p.add_argument_group("the run")
+    run.add_argument("--prompt", required=True, help="describes both images (the start of textual inversion)")
+    run.add_argument("--prompt-b", default=None, help="a different prompt for the second image")
+    run.add_argument("--negative", default="", help="negative prompt, shared by both images")
+    run.add_argument("--frames", type=int, default=17, help="frames in the whole sequence, both inputs included")
+    run.add_argument("--out", default="interpolation", help="output folder (resumed if it holds the same run)")
+    run.add_argument("--overwrite", action="store_true", help="start afresh even if --out holds another run")
+    run.add_argument("--preview", action="store_true",
+                     help="a quick look on a CPU: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in PREVIEW.items())
+                          + " unless given")
+    run.add_argument("--size", default=None, help="W or WxH (default: the first image's aspect ratio at the model's "
+                     "native size, long side native, short side a multiple of 64)")
+    run.add_argument("--fit", choices=("resize", "crop"), default="resize",
+                     help="how both images are brought to the frame size: resize the whole picture (as the authors), "
+                          "or centre-crop to the frame's aspect ratio first")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--fps", type=float, default=8.0, help="video speed")
+    run.add_argument("--max-batch", type=int, default=None, help="largest batch of one UNet or VAE call (memory)")
+
+    method = p.add_argument_group("the method (Sections 4.1 and 5.1)")
+    method.add_argument("--scheme", choices=[*SCHEMES, *ALIASES], default="ours",
+                        help="ours, or a baseline of Table 1 (latent-blending = did)")
+    method.add_argument("--steps", type=int, default=None, help="DDIM schedule length (full: 200)")
+    method.add_argument("--levels", type=_floats, default=(0.30, 0.55),
+                        help="noise levels: 'low,high' fractions of the schedule, linear over the rounds (the paper's "
+                             "text gives 0.25,0.65 as the outer range), or one value per round, first round first "
+                             "(fractions or integer timesteps)")
+    method.add_argument("--cfg", type=float, default=7.5, help="classifier-free guidance scale")
+    method.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")
+    method.add_argument("--schedule", type=_schedule, default="uniform",
+                        help="interpolation schedule (Section 5.2): uniform, ease, or F comma-separated positions from 0 to 1")
+    method.add_argument("--warp", type=_warp, default=None,
+                        help="affine latent motion (Section 5.2), e.g. zoom=1.5,center=0.5:0.4,pan=0.1:0,rotate=10")
+
+    text = p.add_argument_group("textual inversion (Section 4.2)")
+    text.add_argument("--inversion-steps", type=int, default=None, help="iterations, each updating both images' "
+                      "embeddings and the shared negative (full: 200; 0: off)")
+    text.add_argument("--inversion-lr", type=float, default=1e-4)
+
+    pose_group = p.add_argument_group("pose guidance (Section 4.3)")
+    pose_group.add_argument("--pose", action=argparse.BooleanOptionalAction, default=True,
+                            help="pose guidance with OpenPose + ControlNet")
+    pose_group.add_argument("--poses", nargs=2, metavar="JSON", default=None,
+                            help="keypoints of both images from `pose-detect --json` on the original images")
+    pose_group.add_argument("--all-people", action="store_true",
+                            help="match every person by position (default: each image's largest person)")
+    pose_group.add_argument("--pose-model", nargs="+", default=None, help="OpenPose model files (default: catalog)")
+    pose_group.add_argument("--controlnet", default="controlnet-sd21-openpose", help="OpenPose ControlNet: path or catalog name")
+    pose_group.add_argument("--control-strength", type=_floats, default=(1.0, 1.5),
+                            help="ControlNet strength at the inputs and at the middle frame (linear ramp)")
+
+    rank = p.add_argument_group("candidates and CLIP ranking (Section 4.4)")
+    rank.add_argument("--candidates", type=_candidates, default=None,
+                      help="candidates per frame (ours schemes only): K, or 'auto' = 8, 7, ... (at least 3) by round (full: auto)")
+    rank.add_argument("--rank-positive", default=POSITIVE)
+    rank.add_argument("--rank-negative", default=NEGATIVE)
+    rank.add_argument("--clip", default="clip-vit-l14-openai", help="CLIP for ranking: path or catalog name")
+    rank.add_argument("--clip-config", default=None, help="open_clip model-config JSON for a non-standard CLIP")
+
+    add_model_args(p.add_argument_group("the model"))
+    return p
+
+
+def parse(argv=None) -> Settings:
+    args = vars(parser().parse_args(argv))
+    for key, value in (PREVIEW if args["preview"] else FULL).items():
+        if args[key] is None:
+            args[key] = value
+    for key in ("poses", "pose_model"):
+        args[key] = None if args[key] is None else tuple(args[key])
+    return Settings(**args)
