@@ -58,12 +58,12 @@ def _poses(sd, s: Settings, raw, placements, images, size) -> tuple:
     return poses, found
 
 
-def _text(sd, s: Settings, x, model_id: str, out: RunDir, notes: list) -> TextConditioning:
+def _text(sd, s: Settings, x, model_id: str, out: RunDir, notes: list, invert: bool) -> TextConditioning:
     """Prompt embeddings, fitted to the two images by textual inversion (Section 4.2) unless it is off. A run
     folder keeps the embeddings it used, so a resumed run never depends on the cache."""
     prompts = [s.prompt, s.prompt_b or s.prompt]
     cond, uncond = encode_text(sd, prompts), encode_text(sd, [s.negative])
-    if s.inversion_steps > 0:
+    if invert and s.inversion_steps > 0:
         if os.path.isfile(out.embeddings_path):
             cond, uncond = inversion.load_embeddings(out.embeddings_path)
             notes.append("textual inversion: the embeddings of this run folder")
@@ -87,7 +87,7 @@ def interpolate(s: Settings) -> RunDir:
     plan = scheme.plan(s.frames, s.steps, **s.level_args(), schedule=s.schedule, candidates=s.candidates)
     raw = [open_image(path) for path in (s.image_a, s.image_b)]
     # Every file is found (or downloaded) before anything slow runs.
-    use_pose = s.pose and scheme.name != "interpolate-only"
+    use_pose = s.pose and scheme.denoises
     controlnet_path = weights.resolve(s.controlnet, "controlnet") if use_pose else None
     clip_path = weights.resolve(s.clip, "clip") if any(k > 1 for k in plan.candidates) else None
     sd = load_model(s)
@@ -119,7 +119,7 @@ def interpolate(s: Settings) -> RunDir:
 
     x = torch.cat([to_tensor(im) for im in images])
     t0 = time.perf_counter()
-    text = _text(sd, s, x, model_id, out, notes)
+    text = _text(sd, s, x, model_id, out, notes, invert=scheme.denoises)
     t_inversion = time.perf_counter() - t0
 
     interp = Interpolator(sd, plan, text, s.cfg, s.eta, s.seed, controlnet, poses, tuple(s.control_strength), s.warp,

@@ -61,6 +61,7 @@ class Job:
 
 class Scheme:
     name = ""
+    denoises = True      # runs the diffusion model (so text inversion and pose guidance matter)
     ranks = False        # draws fresh noise per frame, so it can make and rank several candidates
     warps = False        # supports affine latent motion (Section 5.2)
 
@@ -96,6 +97,7 @@ class Scheme:
 
 class InterpolateOnly(Scheme):
     name = "interpolate-only"
+    denoises = False
 
     def steps_to_run(self, plan, latents):
         return 0

@@ -417,6 +417,17 @@ def test_command_writes_everything_and_is_reproducible(command, tmp_path):
     assert frames[0].read_bytes() == other[0].read_bytes()  # the inputs themselves
 
 
+@pytest.mark.parametrize("name", ["did", "interpolate-only"])
+def test_command_runs_a_baseline(command, tmp_path, name):
+    code, err = command(name, "--scheme", name)
+    assert code == 0, err
+    record = json.loads((tmp_path / name / "run.json").read_text())
+    assert record["scheme"] == name and record["status"] == "complete" and len(record["frames"]) == 5
+    assert ("inversion_losses" in record) == (name == "did")  # nothing to invert for a scheme without diffusion
+    code, err = command(name + "-ranked", "--scheme", name, "--candidates", "3")
+    assert code == 2 and "no candidates to rank" in err
+
+
 def test_command_resumes_after_an_interruption(command, tmp_path, monkeypatch):
     from interp.output import RunDir
     assert command("full")[0] == 0

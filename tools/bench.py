@@ -223,7 +223,8 @@ def bench_interp(args, device, results):
     import numpy as np
     from PIL import Image
 
-    from interp.cli import interpolate, parse_args
+    from interp.cli import interpolate
+    from interp.settings import parse
     if not args.ckpt:
         raise SystemExit("--parts interp needs --ckpt (e.g. python tools/make_fixture_weights.py sd --out sd21.safetensors)")
     yy, xx = np.mgrid[0:args.interp_size, 0:args.interp_size] / args.interp_size
@@ -237,7 +238,7 @@ def bench_interp(args, device, results):
                     "--dtype", dtype_name, "--frames", str(args.interp_frames), "--steps", str(args.interp_steps),
                     "--size", str(args.interp_size), "--inversion-steps", "0", "--candidates", "1", "--no-pose",
                     "--out", f"{tmp}/run-{dtype_name}", "--overwrite"] + (["--compile"] if args.compile == "on" else [])
-            state = interpolate(parse_args(argv)).state
+            state = interpolate(parse(argv)).state
             seconds = state["seconds"]
             row = {"part": "interpolate", "size": args.interp_size, "dtype": dtype_name, "compiled": args.compile == "on",
                    "frames": args.interp_frames, "steps": args.interp_steps, "unet_calls": state["unet_calls"],
