@@ -117,8 +117,18 @@ def _warp(text: str) -> Warp:
         raise argparse.ArgumentTypeError(f"--warp takes zoom=Z,center=X:Y,pan=DX:DY,rotate=DEG, not {text!r} ({e})") from None
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, unless it has none or its help already says it."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default == argparse.SUPPRESS \
+                or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="interpolate", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = argparse.ArgumentParser(prog="interpolate", formatter_class=_Help,
                                 description="Interpolate between two images with Stable Diffusion 2.1 "
                                             "(Wang & Golland 2023).")
     p.add_argument("image_a")
@@ -126,7 +136,7 @@ def parser() -> argparse.ArgumentParser:
     run = p.add_argument_group("the run")
     run.add_argument("--prompt", required=True, help="describes both images (the start of textual inversion)")
     run.add_argument("--prompt-b", default=None, help="a different prompt for the second image")
-    run.add_argument("--negative", default="", help="negative prompt, shared by both images")
+    run.add_argument("--negative", default="", help="negative prompt, shared by both images (default: none)")
     run.add_argument("--frames", type=int, default=17, help="frames in the whole sequence, both inputs included")
     run.add_argument("--out", default="interpolation", help="output folder (resumed if it holds the same run)")
     run.add_argument("--overwrite", action="store_true", help="start afresh even if --out holds another run")
@@ -138,7 +148,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--fit", choices=("resize", "crop"), default="resize",
                      help="how both images are brought to the frame size: resize the whole picture (as the authors), "
                           "or centre-crop to the frame's aspect ratio first")
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--seed", type=int, default=0, help="seed of every random draw")
     run.add_argument("--fps", type=float, default=8.0, help="video speed")
     run.add_argument("--max-batch", type=int, default=None, help="largest batch of one UNet or VAE call (memory)")
 
@@ -160,7 +170,7 @@ def parser() -> argparse.ArgumentParser:
     text = p.add_argument_group("textual inversion (Section 4.2)")
     text.add_argument("--inversion-steps", type=int, default=None, help="iterations, each updating both images' "
                       "embeddings and the shared negative (full: 200; 0: off)")
-    text.add_argument("--inversion-lr", type=float, default=1e-4)
+    text.add_argument("--inversion-lr", type=float, default=1e-4, help="Adam learning rate")
 
     pose_group = p.add_argument_group("pose guidance (Section 4.3)")
     pose_group.add_argument("--pose", action=argparse.BooleanOptionalAction, default=True,
@@ -177,8 +187,10 @@ def parser() -> argparse.ArgumentParser:
     rank = p.add_argument_group("candidates and CLIP ranking (Section 4.4)")
     rank.add_argument("--candidates", type=_candidates, default=None,
                       help="candidates per frame (ours schemes only): K, or 'auto' = 8, 7, ... (at least 3) by round (full: auto)")
-    rank.add_argument("--rank-positive", default=POSITIVE)
-    rank.add_argument("--rank-negative", default=NEGATIVE)
+    rank.add_argument("--rank-positive", default=POSITIVE, help="CLIP prompt a good frame is close to (chosen for "
+                      "photographs; the paper's example for its cartoon pair: 'high quality, detailed, 2D')")
+    rank.add_argument("--rank-negative", default=NEGATIVE, help="CLIP prompt a good frame is far from (the paper's "
+                      "example: 'blurry, distorted, 3D render')")
     rank.add_argument("--clip", default="clip-vit-l14-openai", help="CLIP for ranking: path or catalog name")
     rank.add_argument("--clip-config", default=None, help="open_clip model-config JSON for a non-standard CLIP")
 
