@@ -13,8 +13,8 @@ run.json holds `settings` (as given, JSON-normalised), `status` ("running" or "c
 (and `resumed`, `finished`) timestamps, `frames` {"5": {"file", "latent", ...info}}, `candidates`
 {"5": {"files", "scores", "kept"}}, whatever `record` adds, and after `finish` the `outputs` and `fps`.
 
-Every file is written to a temporary name containing ".part" in the same folder and renamed into
-place, so a crash never leaves a half-written file under a final name. A frame is written PNG first,
+Every file is written to a temporary name `name.part.ext` in the same folder and renamed into place
+(`ldm.files`), so a crash never leaves a half-written file under a final name. A frame is written PNG first,
 latent second, run.json entry last, and counts as done only when all three are present: a crash
 between the steps just makes the frame again on resume.
 """
@@ -31,6 +31,7 @@ from PIL import Image, ImageDraw
 
 from ldm import safetensors_io
 from ldm.errors import UserError
+from ldm.files import atomic_path, part_path
 from ldm.images import save_png
 
 from .inversion import save_embeddings
@@ -228,12 +229,10 @@ class RunDir:
         return previous
 
     def _parts(self) -> list:
-        """Temporary files a crash may have left: `X.part` of frames, latents and candidates, and
-        `name.part.ext` of run.json and the outputs."""
+        """Temporary files a crash may have left (`name.part.ext`)."""
         d = glob.escape(self.path)
-        parts = [p for sub in ("frames", "latents", "candidates") for p in glob.glob(os.path.join(d, sub, "*.part"))]
-        return parts + [_part(os.path.join(self.path, name)) for name in ("run.json", *OUTPUTS.values())] + [
-            os.path.join(self.path, EMBEDDINGS + ".part")]
+        parts = [p for sub in ("frames", "latents", "candidates") for p in glob.glob(os.path.join(d, sub, "*.part.*"))]
+        return parts + [part_path(os.path.join(self.path, name)) for name in ("run.json", EMBEDDINGS, *OUTPUTS.values())]
 
     def _clear(self) -> None:
         """Delete the files of a previous run (only names of this layout)."""
@@ -250,23 +249,14 @@ class RunDir:
             if os.path.isfile(p):
                 os.remove(p)
 
-    def _atomic(self, path: str, write) -> None:
-        """Call write(tmp) with a temporary name of the same extension beside `path`, then rename it."""
-        tmp = _part(path)
-        try:
+    @staticmethod
+    def _atomic(path: str, write) -> None:
+        """Call write(tmp) with the temporary name of `path`, then rename it into place."""
+        with atomic_path(path) as tmp:
             write(tmp)
-            os.replace(tmp, path)
-        finally:
-            self._remove([tmp])
 
     def _save_state(self) -> None:
         self._atomic(os.path.join(self.path, "run.json"), lambda tmp: _write_json(tmp, self.state))
-
-
-def _part(path: str) -> str:
-    """The temporary name of `path`, keeping the extension (OpenCV picks the container by it)."""
-    stem, ext = os.path.splitext(path)
-    return f"{stem}.part{ext}"
 
 
 def _write_json(path: str, state: dict) -> None:

@@ -18,6 +18,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .errors import UserError
+from .files import atomic_path
 
 
 def parse_size(text) -> tuple:
@@ -143,6 +144,5 @@ def save_png(image: Image.Image, path, info: dict = None) -> None:
         meta.add_text(k, str(v))
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.part"
-    image.save(tmp, format="PNG", pnginfo=meta)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG", pnginfo=meta)

@@ -13,6 +13,7 @@ import struct
 import torch
 
 from .errors import UserError
+from .files import atomic_path
 
 DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
@@ -110,12 +111,10 @@ def write(path, specs: dict, make, metadata: dict = None) -> None:
         header["__metadata__"] = {k: str(v) for k, v in metadata.items()}
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # keep the data 8-byte aligned
-    tmp = f"{path}.part"
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(struct.pack("<Q", len(blob)) + blob)
         for key, (shape, dtype) in specs.items():
             t = make(key).to(dtype).contiguous()
             if tuple(t.shape) != tuple(shape):
                 raise ValueError(f"{key}: made shape {tuple(t.shape)}, declared {tuple(shape)}")
             f.write(t.reshape(-1).view(torch.uint8).numpy())
-    os.replace(tmp, path)

@@ -206,7 +206,7 @@ def test_resume_after_complete_and_crash_leftovers(tmp_path):
     run = RunDir(d, SETTINGS)
     fill(run, 5)
     run.finish()
-    (d / "frames" / "frame_0002.png.part").write_bytes(b"half")
+    (d / "frames" / "frame_0002.part.png").write_bytes(b"half")
     (d / "video.part.mp4").write_bytes(b"half")
     resumed = RunDir(d, SETTINGS)
     assert run_json(d)["status"] == "running" and "finished" not in run_json(d)

@@ -1,0 +1,23 @@
+"""Writing files so that a crash never leaves a half-written file under its final name: everything is
+written to a temporary name beside the file and renamed into place. The temporary name of `dir/name.ext`
+is `dir/name.part.ext` (the extension stays, so that writers that pick a format by it still work)."""
+import os
+from contextlib import contextmanager
+
+
+def part_path(path) -> str:
+    """The temporary name of `path`."""
+    stem, ext = os.path.splitext(os.fspath(path))
+    return f"{stem}.part{ext}"
+
+
+@contextmanager
+def atomic_path(path):
+    """`with atomic_path(path) as tmp:` write `tmp`; on success it replaces `path`, on failure it is removed."""
+    tmp = part_path(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
