@@ -1,45 +1,30 @@
-"""The one attention function of the model zoo (UNet, ControlNet, VAE, text encoder, CLIP).
+"""Attention for the model zoo (UNet, ControlNet, VAE, text encoder, CLIP).
 
 SD 2.1 overflows in float16 unless q.k^T and the softmax are computed in float32 (the reference sets
-ATTN_PRECISION="fp32"); both paths below honour that for every input dtype.
-
-* ``sdpa`` (default): torch's fused scaled_dot_product_attention (flash / memory-efficient kernels on
-  CUDA). Those kernels accumulate q.k^T and the softmax in float32 for half inputs; on other devices
-  half inputs are upcast first so the guarantee does not depend on the backend.
-* ``math``: the textbook formula, kept for reading and auditing. Select it with
-  ``set_backend("math")`` or ``SD_INTERP_ATTENTION=math``; the tests compare the two.
+ATTN_PRECISION="fp32"). `attention` is the reference formula with that rule, the one the model files call;
+the acceleration layer (`ldm.accel`) puts one of the fused kernels below in its place.
 """
-import os
-
-import torch
 import torch.nn.functional as F
-
-_BACKEND = os.environ.get("SD_INTERP_ATTENTION", "sdpa")
-
-
-def set_backend(name: str) -> None:
-    global _BACKEND
-    if name not in ("sdpa", "math"):
-        raise ValueError(f"attention backend must be 'sdpa' or 'math', not {name!r}")
-    _BACKEND = name
-
-
-def get_backend() -> str:
-    return _BACKEND
 
 
 def attention(q, k, v, mask=None):
-    """softmax(q k^T / sqrt(d) + mask) v over [B, heads, L, d] tensors; mask is additive [Lq, Lk]."""
-    if _BACKEND == "math":
-        scores = (q.float() @ k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5
-        if mask is not None:
-            scores = scores + mask
-        return (scores.softmax(dim=-1) @ v.float()).to(q.dtype)
-    dtype = q.dtype
-    if dtype != torch.float32 and q.device.type != "cuda":
-        q, k, v = q.float(), k.float(), v.float()
-    mask = None if mask is None else mask.to(q.dtype)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask).to(dtype)
+    """softmax(q k^T / sqrt(d) + mask) v over [B, heads, L, d] tensors, scores and softmax in float32;
+    mask is additive [Lq, Lk]."""
+    scores = (q.float() @ k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5
+    if mask is not None:
+        scores = scores + mask
+    return (scores.softmax(dim=-1) @ v.float()).to(q.dtype)
+
+
+def sdpa(q, k, v, mask=None):
+    """torch's fused scaled_dot_product_attention, for kernels that accumulate half inputs in float32
+    (CUDA's flash / memory-efficient kernels and the CPU flash kernel do)."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask.to(q.dtype))
+
+
+def sdpa_float32(q, k, v, mask=None):
+    """The fused kernel on float32 copies of half inputs, for backends whose half kernels may not."""
+    return sdpa(q.float(), k.float(), v.float(), mask).to(q.dtype)
 
 
 def split_heads(x, heads: int):

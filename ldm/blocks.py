@@ -25,71 +25,6 @@ def timestep_embedding(t, dim: int):
     return emb
 
 
-def eager_on_cpu(x) -> bool:
-    """Whether `x` is on the CPU outside torch.compile: where the oneDNN fast paths below apply (compiled
-    graphs prepack their weights once and choose their own kernels)."""
-    return x.device.type == "cpu" and not torch.compiler.is_compiling()
-
-
-SLICE_BYTES = 16 << 20
-
-
-def conv2d(x, weight, bias, stride=1, padding=0):
-    """F.conv2d, with large weights taken in slices of output channels on the CPU.
-
-    At the low-resolution levels a UNet conv is a small input against a large weight (56-112 MiB in float32).
-    oneDNN reorders the weight into a scratch buffer on every eager call, and glibc serves any buffer over its
-    32 MiB mmap ceiling with fresh pages, so each call page-faults through the whole weight. Slices of at
-    most SLICE_BYTES stay on the heap (and in cache): 0.5-0.9x the time at batch 2. Same result
-    (tests/test_fast_paths.py); a large input is left whole, since every slice reads all of it.
-    """
-    size = weight.numel() * weight.element_size()
-    if not eager_on_cpu(x) or size <= 2 * SLICE_BYTES or x.numel() * x.element_size() > SLICE_BYTES:
-        return F.conv2d(x, weight, bias, stride, padding)
-    n = -(-size // SLICE_BYTES)
-    return torch.cat([F.conv2d(x, w, b, stride, padding) for w, b in zip(weight.chunk(n), bias.chunk(n))], dim=1)
-
-
-class Conv2d(nn.Conv2d):
-    """nn.Conv2d computed by `conv2d` (same parameters, same state_dict keys), for plain convolutions only:
-    slicing output channels would split groups, and `conv2d` takes no dilation or padding mode."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if self.groups != 1 or self.dilation != (1, 1) or self.padding_mode != "zeros":
-            raise ValueError("Conv2d is for plain convolutions: no groups, dilation or padding mode; use nn.Conv2d")
-
-    def _conv_forward(self, x, weight, bias):
-        return conv2d(x, weight, bias, self.stride, self.padding)
-
-
-CONV_ROWS = 2048
-
-
-def linear(x, weight, bias=None):
-    """F.linear, with long inputs on the CPU computed as a 1x1 convolution.
-
-    torch sends CPU matmuls to MKL and convolutions to oneDNN, which runs the UNet's token projections
-    (thousands of rows against a 320-1280 wide weight) 5-60% faster here: 0.95x the float32 UNet step,
-    0.96x the bfloat16 one. The rows go in and come out as a channels-last 1 x rows image: views, no copies.
-    Same result up to float rounding (tests/test_fast_paths.py); short inputs (where MKL is as fast or
-    faster), other devices and compiled graphs keep F.linear.
-    """
-    rows = x.numel() // x.shape[-1]
-    if not eager_on_cpu(x) or rows < CONV_ROWS:
-        return F.linear(x, weight, bias)
-    image = x.reshape(1, 1, rows, x.shape[-1]).permute(0, 3, 1, 2)  # [1, in, 1, rows], channels last
-    out = F.conv2d(image, weight[:, :, None, None], bias)  # [1, out, 1, rows], channels last
-    return out.permute(0, 2, 3, 1).reshape(*x.shape[:-1], weight.shape[0])
-
-
-class Linear(nn.Linear):
-    """nn.Linear computed by `linear` (same parameters, same state_dict keys)."""
-
-    def forward(self, x):
-        return linear(x, self.weight, self.bias)
-
-
 class GroupNorm32(nn.GroupNorm):
     """GroupNorm over 32 groups, computed in float32 whatever the activation dtype."""
 
@@ -105,11 +40,11 @@ class ResBlock(nn.Module):
 
     def __init__(self, channels: int, emb_channels: int, out_channels: int):
         super().__init__()
-        self.in_layers = nn.Sequential(GroupNorm32(channels), nn.SiLU(), Conv2d(channels, out_channels, 3, padding=1))
+        self.in_layers = nn.Sequential(GroupNorm32(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
         self.out_layers = nn.Sequential(GroupNorm32(out_channels), nn.SiLU(), nn.Dropout(0.0),
-                                        Conv2d(out_channels, out_channels, 3, padding=1))
-        self.skip_connection = nn.Identity() if out_channels == channels else Conv2d(channels, out_channels, 1)
+                                        nn.Conv2d(out_channels, out_channels, 3, padding=1))
+        self.skip_connection = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
 
     def forward(self, x, emb):
         h = self.in_layers(x)
@@ -120,19 +55,21 @@ class ResBlock(nn.Module):
 class CrossAttention(nn.Module):
     """Multi-head attention of x over a context (itself for self-attention); q/k/v without bias."""
 
+    attention = staticmethod(attention)
+
     def __init__(self, dim: int, context_dim: int, heads: int, dim_head: int):
         super().__init__()
         inner = heads * dim_head
         self.heads = heads
-        self.to_q = Linear(dim, inner, bias=False)
-        self.to_k = Linear(context_dim, inner, bias=False)
-        self.to_v = Linear(context_dim, inner, bias=False)
-        self.to_out = nn.Sequential(Linear(inner, dim), nn.Dropout(0.0))
+        self.to_q = nn.Linear(dim, inner, bias=False)
+        self.to_k = nn.Linear(context_dim, inner, bias=False)
+        self.to_v = nn.Linear(context_dim, inner, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(inner, dim), nn.Dropout(0.0))
 
     def forward(self, x, context=None):
         context = x if context is None else context
         q, k, v = (split_heads(f(s), self.heads) for f, s in ((self.to_q, x), (self.to_k, context), (self.to_v, context)))
-        return self.to_out(merge_heads(attention(q, k, v)))
+        return self.to_out(merge_heads(self.attention(q, k, v)))
 
 
 class GEGLU(nn.Module):
@@ -140,7 +77,7 @@ class GEGLU(nn.Module):
 
     def __init__(self, dim_in: int, dim_out: int):
         super().__init__()
-        self.proj = Linear(dim_in, dim_out * 2)
+        self.proj = nn.Linear(dim_in, dim_out * 2)
 
     def forward(self, x):
         value, gate = self.proj(x).chunk(2, dim=-1)
@@ -148,20 +85,14 @@ class GEGLU(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """GEGLU to 4x the width and back. On CPUs the tokens go through in slices of `CPU_ROWS` rows, so that
-    the 8x-wide projection stays in cache instead of streaming through memory (same result, faster)."""
-
-    CPU_ROWS = 2048
+    """GEGLU to 4x the width and back."""
 
     def __init__(self, dim: int, mult: int = 4):
         super().__init__()
-        self.net = nn.Sequential(GEGLU(dim, dim * mult), nn.Dropout(0.0), Linear(dim * mult, dim))
+        self.net = nn.Sequential(GEGLU(dim, dim * mult), nn.Dropout(0.0), nn.Linear(dim * mult, dim))
 
     def forward(self, x):
-        if x.device.type != "cpu":
-            return self.net(x)
-        rows = x.reshape(-1, x.shape[-1])
-        return torch.cat([self.net(part) for part in rows.split(self.CPU_ROWS)]).view(x.shape)
+        return self.net(x)
 
 
 class BasicTransformerBlock(nn.Module):
@@ -186,10 +117,10 @@ class SpatialTransformer(nn.Module):
     def __init__(self, channels: int, heads: int, dim_head: int, depth: int, context_dim: int):
         super().__init__()
         self.norm = nn.GroupNorm(32, channels, eps=1e-6)
-        self.proj_in = Linear(channels, heads * dim_head)
+        self.proj_in = nn.Linear(channels, heads * dim_head)
         self.transformer_blocks = nn.ModuleList(
             BasicTransformerBlock(heads * dim_head, heads, dim_head, context_dim) for _ in range(depth))
-        self.proj_out = Linear(heads * dim_head, channels)
+        self.proj_out = nn.Linear(heads * dim_head, channels)
 
     def forward(self, x, context):
         b, c, h, w = x.shape
@@ -204,60 +135,21 @@ class Downsample(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.op = Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
 
     def forward(self, x):
         return self.op(x)
 
 
-def fold_taps(w, dim: int):
-    """The 3 taps of a kernel along `dim`, as seen by the two output phases of a nearest-x2 upsampling:
-    even outputs read (row-1, row, row) of the input, so (w0, w1+w2); odd ones (row, row, row+1), so (w0+w1, w2)."""
-    w0, w1, w2 = w.unbind(dim)
-    return torch.stack([w0, w1 + w2, w0 + w1, w2], dim)
-
-
-def phase_kernels(w):
-    """3x3 weight [o, i, 3, 3] -> the 2x2 kernels of the 4 output phases [(a, b, o), i, 2, 2]."""
-    o, i = w.shape[:2]
-    return fold_taps(fold_taps(w, 2), 3).view(o, i, 2, 2, 2, 2).permute(2, 4, 0, 1, 3, 5).reshape(4 * o, i, 2, 2)
-
-
 class Upsample(nn.Module):
-    """Nearest-neighbour x2, then a 3x3 convolution.
-
-    Computed without materialising the upsampled image: each of the 4 output phases (row parity a, column
-    parity b) is a 2x2 convolution of the input with the 3x3 taps folded together (`phase_kernels`), so all
-    four come from one convolution with 4x the output channels and 4/9 of the multiply-adds. Same result as
-    `conv(interpolate(x, scale_factor=2, mode="nearest"))` up to float rounding (tests/test_fast_paths.py).
-    """
+    """Nearest-neighbour x2, then a 3x3 convolution."""
 
     def __init__(self, channels: int):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-        self._kernels = None  # (weight key, phase kernels), kept between eager calls on frozen weights
-
-    def kernels(self):
-        w = self.conv.weight
-        if torch.compiler.is_compiling() or w.requires_grad or w.is_inference():
-            return phase_kernels(w)  # (compiled graphs fold this into a constant themselves)
-        key = (w.data_ptr(), w._version, w.dtype, w.device)
-        if self._kernels is None or self._kernels[0] != key:
-            self._kernels = (key, phase_kernels(w))
-        return self._kernels[1]
 
     def forward(self, x):
-        c_out = self.conv.out_channels
-        y = conv2d(F.pad(x, (1, 1, 1, 1)), self.kernels(), self.conv.bias.repeat(4))
-        b, _, h, w = x.shape
-        layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
-            else torch.contiguous_format
-        out = torch.empty(b, c_out, 2 * h, 2 * w, dtype=y.dtype, device=y.device, memory_format=layout)
-        for a in (0, 1):
-            for c in (0, 1):  # phase (a, c) of the output is window (a, c) of the (h+1)x(w+1) result
-                p = 2 * a + c
-                out[:, :, a::2, c::2] = y[:, p * c_out:(p + 1) * c_out, a:a + h, c:c + w]
-        return out
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
 class TimestepEmbedSequential(nn.Sequential):

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from . import weights
+from .accel import accelerate
 from .config import ModelConfig, parse_config, with_pipeline
 from .errors import UserError
 from .safetensors_io import SafetensorsFile
@@ -146,8 +147,10 @@ class StableDiffusion:
         return next(self.unet.parameters()).dtype
 
 
-def load_checkpoint(path, device="cpu", dtype=torch.float32, prediction=None, config=None) -> StableDiffusion:
-    """Load an SD 2.x single-file `.safetensors` checkpoint strictly: UNet, VAE, text encoder.
+def load_checkpoint(path, device="cpu", dtype=torch.float32, prediction=None, config=None,
+                    fast: bool = True) -> StableDiffusion:
+    """Load an SD 2.x single-file `.safetensors` checkpoint strictly: UNet, VAE, text encoder, with the fast
+    paths of `device` applied (`ldm.accel`; `fast=False`: the plain reading path).
 
     `prediction` ('v' | 'eps') overrides the catalog; `config` (dict, JSON path or ModelConfig) describes a
     non-SD-2.1 architecture (e.g. the tiny test fixtures); `<file>.json` beside the checkpoint is used if present.
@@ -166,8 +169,7 @@ def load_checkpoint(path, device="cpu", dtype=torch.float32, prediction=None, co
     modules = []
     for module, key, what in ((unet, "unet", "UNet"), (vae, "vae", "VAE"), (text, "text", "text encoder")):
         modules.append(load_module(st, module, PREFIXES[key], dtype, what).to(device))
-    if torch.device(device).type == "cpu":
-        # oneDNN convolutions at image resolution run ~12% faster on NHWC weights (tools/bench.py).
-        modules[1] = modules[1].to(memory_format=torch.channels_last)
+    if fast:
+        modules = [accelerate(m, device) for m in modules]
     notes = [f"prediction type {pred}: {how}"] + ([f"catalog entry {name}"] if name else [])
     return StableDiffusion(*modules, config=cfg, schedule=NoiseSchedule(cfg.schedule), path=os.fspath(path), notes=notes)

@@ -6,6 +6,7 @@ import time
 
 import torch
 
+from .accel import compile_model, default_dtype
 from .checkpoint import load_checkpoint, parse_dtype
 from .errors import UserError
 from .images import fit, open_image, parse_size, save_png
@@ -39,32 +40,10 @@ def check_device(name: str) -> torch.device:
     return device
 
 
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (Linux: the avx512_bf16 or amx_bf16 flags)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name != "auto":
         return parse_dtype(name)
-    if device.type == "cuda":
-        return torch.float16
-    return torch.bfloat16 if device.type == "cpu" and cpu_has_bf16() else torch.float32
-
-
-def compile_model(module, device: torch.device, **options):
-    """torch.compile a network in place. On CPUs, inductor also freezes the weights of inference (no-grad)
-    graphs, which prepacks them for oneDNN; graphs that need gradients (textual inversion) are unaffected."""
-    if device.type == "cpu":
-        import torch._inductor.config
-        torch._inductor.config.freezing = True
-    module.compile(**options)
-    return module
+    return default_dtype(device)
 
 
 def load_model(args):

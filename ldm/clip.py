@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import weights
+from .accel import accelerate
 from .checkpoint import detect, load_module, parse_dtype
 from .config import TextConfig, _take
 from .errors import UserError
@@ -225,13 +226,13 @@ def _activation(path: Path, quick_gelu, config) -> tuple:
                    "for OpenAI-trained weights")
 
 
-def load_clip(path, config=None, device="cpu", dtype=torch.float32, quick_gelu=None) -> CLIP:
+def load_clip(path, config=None, device="cpu", dtype=torch.float32, quick_gelu=None, fast: bool = True) -> CLIP:
     """Load an open_clip-format `.safetensors` CLIP strictly (keys and shapes), cast to `dtype`.
 
     `config` (dict, JSON path or CLIPConfig, open_clip's model-config format) states the architecture;
     without it the sizes are read from the tensor shapes. `quick_gelu` overrides the activation, which is
     otherwise taken from the config, else from the weights catalog entry of this file, else GELU.
-    The decisions are listed in `model.notes`.
+    The decisions are listed in `model.notes`. `fast=False` leaves out the acceleration layer (`ldm.accel`).
     """
     path = Path(path)
     dtype = parse_dtype(dtype)
@@ -242,6 +243,8 @@ def load_clip(path, config=None, device="cpu", dtype=torch.float32, quick_gelu=N
     with torch.device("meta"):
         model = CLIP(cfg)
     model = load_module(st, model, "", dtype, "CLIP model").to(device)
+    if fast:
+        accelerate(model, device)
     model.notes = [f"architecture {'from the config' if config is not None else 'read from the tensor shapes'}",
                    f"activation {'QuickGELU' if act else 'GELU'}: {how}"]
     return model

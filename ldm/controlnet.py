@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .accel import accelerate
 from .blocks import TimestepEmbedSequential
 from .checkpoint import PREFIXES, _config_for, check_kind, load_module, parse_dtype
 from .config import UNetConfig
@@ -57,8 +58,9 @@ class ControlNet(Encoder):
         return [r * scale for r in outs]
 
 
-def load_controlnet(path, device="cpu", dtype=torch.float32, config=None) -> ControlNet:
-    """Load the `control_model.*` tensors of a single-file checkpoint (ControlNet-only or SD + ControlNet)."""
+def load_controlnet(path, device="cpu", dtype=torch.float32, config=None, fast: bool = True) -> ControlNet:
+    """Load the `control_model.*` tensors of a single-file checkpoint (ControlNet-only or SD + ControlNet);
+    `fast=False` leaves out the acceleration layer (`ldm.accel`)."""
     st = SafetensorsFile(path)
     if not any(k.startswith(PREFIXES["controlnet"]) for k in st.keys()):
         check_kind(st, ("controlnet",))
@@ -68,4 +70,5 @@ def load_controlnet(path, device="cpu", dtype=torch.float32, config=None) -> Con
         cfg = replace(cfg, hint_channels=st.shape(hint_key)[1])
     with torch.device("meta"):
         net = ControlNet(cfg)
-    return load_module(st, net, PREFIXES["controlnet"], parse_dtype(dtype), "ControlNet").to(device)
+    net = load_module(st, net, PREFIXES["controlnet"], parse_dtype(dtype), "ControlNet").to(device)
+    return accelerate(net, device) if fast else net

@@ -20,6 +20,8 @@ class QuickGELU(nn.Module):
 class MultiheadAttention(nn.Module):
     """torch.nn.MultiheadAttention's parameter layout (packed [q; k; v] in_proj) with our attention."""
 
+    attention = staticmethod(attention)
+
     def __init__(self, width: int, heads: int):
         super().__init__()
         self.heads = heads
@@ -29,7 +31,7 @@ class MultiheadAttention(nn.Module):
 
     def forward(self, x, mask=None):
         q, k, v = (split_heads(t, self.heads) for t in F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1))
-        return self.out_proj(merge_heads(attention(q, k, v, mask)))
+        return self.out_proj(merge_heads(self.attention(q, k, v, mask)))
 
 
 class MLP(nn.Module):

@@ -34,6 +34,8 @@ class ResnetBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Single-head self-attention over all pixels, with 1x1-conv projections (mid-block only)."""
 
+    attention = staticmethod(attention)
+
     def __init__(self, channels: int):
         super().__init__()
         self.norm = Normalize(channels)
@@ -43,7 +45,7 @@ class AttnBlock(nn.Module):
         b, c, h, w = x.shape
         y = self.norm(x)
         q, k, v = (f(y).flatten(2).transpose(1, 2)[:, None] for f in (self.q, self.k, self.v))  # [B,1,hw,c]
-        out = attention(q, k, v)[:, 0].transpose(1, 2).reshape(b, c, h, w)
+        out = self.attention(q, k, v)[:, 0].transpose(1, 2).reshape(b, c, h, w)
         return x + self.proj_out(out)
 
 

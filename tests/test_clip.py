@@ -16,7 +16,6 @@ from safetensors.torch import load_file
 import ldm
 import make_fixture_weights
 from conftest import DATA
-from ldm import attention
 from ldm.clip import CLIP, cosine_similarity, infer_config, load_clip, parse_clip_config
 from ldm.clip_transform import center_crop, clip_preprocess, resize_shorter_side
 from ldm.errors import UserError
@@ -86,18 +85,13 @@ def test_regenerated_weights_are_the_reference_bit_for_bit(clip_tiny):
 
 
 @pytest.mark.parametrize("suffix", ["", "_quickgelu"])
-@pytest.mark.parametrize("backend", ["sdpa", "math"])
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "plain"])
 @torch.no_grad()
-def test_features_similarity_logits(clip_tiny, clip_cases, suffix, backend):
-    model = load_clip(clip_tiny, config=CONFIGS[suffix])
-    previous = attention.get_backend()
-    attention.set_backend(backend)
-    try:
-        img = model.encode_image(clip_cases["images"])
-        txt = model.encode_text(clip_cases["text_tokens"])
-        logits = model(clip_cases["images"], clip_cases["text_tokens"])
-    finally:
-        attention.set_backend(previous)
+def test_features_similarity_logits(clip_tiny, clip_cases, suffix, fast):
+    model = load_clip(clip_tiny, config=CONFIGS[suffix], fast=fast)
+    img = model.encode_image(clip_cases["images"])
+    txt = model.encode_text(clip_cases["text_tokens"])
+    logits = model(clip_cases["images"], clip_cases["text_tokens"])
     c = {k[:-len(suffix)] if suffix else k: v for k, v in clip_cases.items() if k.endswith(suffix)}
     torch.testing.assert_close(img, c["image_features"], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(txt, c["text_features"], atol=1e-4, rtol=1e-4)

@@ -97,10 +97,10 @@ def test_offline_default_checkpoint_error(tmp_path, capsys, monkeypatch):
 
 def test_auto_dtype(monkeypatch):
     import torch
-    from ldm import cli
-    monkeypatch.setattr(cli, "cpu_has_bf16", lambda: True)
+    from ldm import accel, cli
+    monkeypatch.setattr(accel, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
     assert cli.resolve_dtype("auto", torch.device("cpu")) == torch.bfloat16
     assert cli.resolve_dtype("auto", torch.device("cuda")) == torch.float16
-    monkeypatch.setattr(cli, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(accel, "cpu_flags", lambda: frozenset({"avx2"}))
     assert cli.resolve_dtype("auto", torch.device("cpu")) == torch.float32
     assert cli.resolve_dtype("float32", torch.device("cuda")) == torch.float32

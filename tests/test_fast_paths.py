@@ -1,6 +1,7 @@
-"""Every speed-up matches the plain path it replaces: fused vs textbook attention (test_parity.py),
-torch.compile vs eager, NHWC vs NCHW VAE, folded vs upsample-then-conv, row-sliced vs whole feed-forward,
-sliced vs whole convolution weights, split vs whole UNet batches, compiled vs eager slerp."""
+"""Every speed-up of the acceleration layer (`ldm.accel`) matches the plain path it replaces: the whole
+accelerated models vs the plain ones, fused vs reference attention, torch.compile vs eager, NHWC vs NCHW VAE,
+folded vs upsample-then-conv, row-sliced vs whole feed-forward, sliced vs whole convolution weights, linear
+as 1x1 conv vs F.linear, split vs whole UNet batches, compiled vs eager slerp; and which paths each CPU gets."""
 import copy
 
 import pytest
@@ -8,9 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from interp.slerp import slerp
-from ldm import blocks
-from ldm.blocks import Conv2d, FeedForward, Linear, Upsample
-from ldm.cli import compile_model
+import ldm
+from ldm import accel, attention as attn
+from ldm.accel import ConvLinear, FoldedUpsample, RowSlicedFeedForward, SlicedConv2d, compile_model
+from ldm.blocks import FeedForward, SpatialTransformer, Upsample
 from ldm.denoiser import Denoiser
 from ldm.pipeline import decode_latents
 
@@ -63,10 +65,69 @@ def plain_upsample(module, x):
     return module.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
+def swapped(module, cls, **state):
+    """`module` as the fast subclass `cls` (what accel.accelerate does to it)."""
+    module.__class__ = cls
+    for k, v in state.items():
+        setattr(module, k, v)
+    return module
+
+
+def Conv2d(*args, **kwargs):
+    return swapped(torch.nn.Conv2d(*args, **kwargs), SlicedConv2d)
+
+
+def Linear(*args, **kwargs):
+    return swapped(torch.nn.Linear(*args, **kwargs), ConvLinear)
+
+
+def folded(channels):
+    return swapped(Upsample(channels), FoldedUpsample, _kernels=None)
+
+
+@pytest.mark.parametrize("flags", [{"avx2"}, {"avx512f", "amx_bf16"}], ids=["avx2", "amx"])
+@pytest.mark.parametrize("name", ["unet", "vae", "text_encoder"])
+@torch.no_grad()
+def test_accelerated_models_match_the_plain_ones(monkeypatch, tiny_ckpt, cases, name, flags):
+    """Whatever CPU runs the suite, the paths of both CPU kinds are checked against the plain model."""
+    monkeypatch.setattr(accel, "cpu_flags", lambda: frozenset(flags))
+    fast, plain = (getattr(ldm.load_checkpoint(tiny_ckpt, fast=f), name) for f in (True, False))
+    assert fast.state_dict().keys() == plain.state_dict().keys()
+    inputs = {"unet": (cases["unet_x"], cases["unet_t"], cases["unet_context"]), "text_encoder": (cases["text_tokens"],)}
+    run = (lambda m: m.decode(cases["vae_dec_z"])) if name == "vae" else (lambda m: m(*inputs[name]))
+    torch.testing.assert_close(run(fast), run(plain), atol=1e-5, rtol=1e-5)
+    assert not any(type(m).__module__ == "ldm.accel" for m in plain.modules())
+    assert not any("attention" in m.__dict__ for m in plain.modules())
+
+
+def test_each_cpu_kind_gets_its_paths(monkeypatch):
+    for flags, oneDNN_tricks, kernel in ((set(), True, attn.sdpa_float32), ({"avx2"}, True, attn.sdpa_float32),
+                                         ({"avx512f", "avx512_bf16"}, True, attn.sdpa_float32),
+                                         ({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}, False, attn.sdpa)):
+        monkeypatch.setattr(accel, "cpu_flags", lambda: frozenset(flags))
+        p = accel.policy("cpu")
+        assert (p.slice_convs, p.linear_as_conv, p.slice_feedforward) == (oneDNN_tricks,) * 3, flags
+        assert p.attention is kernel and p.fold_upsample and p.vae_channels_last
+    cuda = accel.policy("cuda")
+    assert cuda.attention is attn.sdpa and not (cuda.slice_convs or cuda.linear_as_conv or cuda.vae_channels_last)
+    assert accel.policy("mps").attention is attn.sdpa_float32
+
+
+@pytest.mark.parametrize("kernel", [attn.sdpa, attn.sdpa_float32])
+def test_fused_attention_matches_the_reference_formula(kernel):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 10, 16) for _ in range(3))
+    mask = torch.triu(torch.full((10, 10), float("-inf")), 1)
+    for m in (None, mask):
+        torch.testing.assert_close(kernel(q, k, v, m), attn.attention(q, k, v, m), atol=1e-5, rtol=1e-5)
+    bf = [t.bfloat16() for t in (q, k, v)]
+    torch.testing.assert_close(kernel(*bf).float(), attn.attention(*bf).float(), atol=2e-2, rtol=2e-2)
+
+
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 def test_folded_upsample_matches_interpolate_then_conv(layout):
     torch.manual_seed(0)
-    up = Upsample(16).requires_grad_(False)
+    up = folded(16).requires_grad_(False)
     x = torch.randn(3, 16, 5, 7).contiguous(memory_format=layout)  # odd, non-square sides
     with torch.no_grad():
         out = up(x)
@@ -82,7 +143,7 @@ def test_folded_upsample_gradients_match():
     """Textual inversion backpropagates through the UNet's upsampling (to the input; weights frozen),
     and fine-tuning would to the weights."""
     torch.manual_seed(0)
-    up = Upsample(8)
+    up = folded(8)
     x = torch.randn(2, 8, 4, 6, requires_grad=True)
     grads = []
     for fn in (up, lambda v: plain_upsample(up, v)):
@@ -90,17 +151,17 @@ def test_folded_upsample_gradients_match():
         x.grad = None
         (fn(x) ** 2).sum().backward()
         grads.append((x.grad.clone(), up.conv.weight.grad.clone()))
-    for folded, plain in zip(*grads):
-        torch.testing.assert_close(folded, plain, atol=1e-4, rtol=1e-5)
+    for fast, plain in zip(*grads):
+        torch.testing.assert_close(fast, plain, atol=1e-4, rtol=1e-5)
 
 
 def test_row_sliced_feedforward_matches_whole():
     torch.manual_seed(0)
-    ff = FeedForward(32).requires_grad_(False)
+    ff = swapped(FeedForward(32).requires_grad_(False), RowSlicedFeedForward)
     x = torch.randn(3, 50, 32)
     with torch.no_grad():
         whole = ff.net(x)
-        ff.CPU_ROWS = 7  # 150 rows in 22 slices, the last one short
+        ff.ROWS = 7  # 150 rows in 22 slices, the last one short
         torch.testing.assert_close(ff(x), whole, atol=1e-6, rtol=1e-6)
 
 
@@ -111,7 +172,7 @@ def test_sliced_conv_matches_whole(monkeypatch, layout, stride):
     torch.manual_seed(0)
     conv = Conv2d(16, 30, 3, stride=stride, padding=1)  # 17,280 bytes of weight: slices of 8, 8, 8 and 6
     x = torch.randn(2, 16, 5, 7).contiguous(memory_format=layout)  # 4,480 bytes
-    monkeypatch.setattr(blocks, "SLICE_BYTES", 5000)
+    monkeypatch.setattr(accel, "SLICE_BYTES", 5000)
     calls, whole_conv = [], F.conv2d
     monkeypatch.setattr(F, "conv2d", lambda *a: calls.append(a[1].shape[0]) or whole_conv(*a))
     with torch.no_grad():
@@ -123,10 +184,10 @@ def test_sliced_conv_matches_whole(monkeypatch, layout, stride):
 
 
 def gradients_for_each(monkeypatch, setting: str, values, module, x):
-    """Gradients of sum(module(x)^2) for x and each parameter, once per value of `blocks.<setting>`."""
+    """Gradients of sum(module(x)^2) for x and each parameter, once per value of `accel.<setting>`."""
     runs = []
     for value in values:
-        monkeypatch.setattr(blocks, setting, value)
+        monkeypatch.setattr(accel, setting, value)
         module.zero_grad()
         x.grad = None
         (module(x) ** 2).sum().backward()
@@ -138,15 +199,19 @@ def test_sliced_conv_gradients_match(monkeypatch):
     torch.manual_seed(0)
     x = torch.randn(2, 16, 5, 7, requires_grad=True)
     conv = Conv2d(16, 30, 3, padding=1)
-    sliced, whole = gradients_for_each(monkeypatch, "SLICE_BYTES", (5000, blocks.SLICE_BYTES), conv, x)
+    sliced, whole = gradients_for_each(monkeypatch, "SLICE_BYTES", (5000, accel.SLICE_BYTES), conv, x)
     for a, b in zip(sliced, whole):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-def test_sliced_conv_refuses_what_it_would_compute_wrongly():
-    for options in ({"groups": 2}, {"dilation": 2}, {"padding_mode": "reflect"}):
-        with pytest.raises(ValueError, match="plain convolutions"):
-            Conv2d(4, 4, 3, padding=1, **options)
+def test_only_plain_convolutions_are_sliced():
+    model = torch.nn.Sequential(*(torch.nn.Conv2d(4, 4, 3, padding=1, **o)
+                                  for o in ({}, {"groups": 2}, {"dilation": 2}, {"padding_mode": "reflect"})))
+    model.__class__ = type("Holder", (torch.nn.Sequential,), {})
+    accel.accelerate(model, "cpu")
+    kinds = [type(m) for m in model]
+    assert kinds[0] is (SlicedConv2d if accel.policy("cpu").slice_convs else torch.nn.Conv2d)
+    assert kinds[1:] == [torch.nn.Conv2d] * 3
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -156,7 +221,7 @@ def test_linear_as_conv_matches_f_linear(monkeypatch, bias, transposed):
     torch.manual_seed(0)
     layer = Linear(24, 40, bias=bias).requires_grad_(False)
     x = torch.randn(2, 24, 35).transpose(1, 2) if transposed else torch.randn(2, 35, 24)  # 70 rows
-    monkeypatch.setattr(blocks, "CONV_ROWS", 70)
+    monkeypatch.setattr(accel, "CONV_ROWS", 70)
     calls, conv = [], F.conv2d
     monkeypatch.setattr(F, "conv2d", lambda *a: calls.append(a[0].shape) or conv(*a))
     out = layer(x)
@@ -168,7 +233,7 @@ def test_linear_as_conv_matches_f_linear(monkeypatch, bias, transposed):
 
 def test_linear_below_conv_rows_is_f_linear(monkeypatch):
     layer = Linear(8, 8)
-    monkeypatch.setattr(blocks, "CONV_ROWS", 71)
+    monkeypatch.setattr(accel, "CONV_ROWS", 71)
     monkeypatch.setattr(F, "conv2d", lambda *a: pytest.fail("short inputs keep F.linear"))
     layer(torch.randn(70, 8))
 
@@ -176,16 +241,22 @@ def test_linear_below_conv_rows_is_f_linear(monkeypatch):
 def test_linear_as_conv_gradients_match(monkeypatch):
     torch.manual_seed(0)
     x = torch.randn(3, 30, 24, requires_grad=True)
-    as_conv, plain = gradients_for_each(monkeypatch, "CONV_ROWS", (1, blocks.CONV_ROWS), Linear(24, 40), x)
+    as_conv, plain = gradients_for_each(monkeypatch, "CONV_ROWS", (1, accel.CONV_ROWS), Linear(24, 40), x)
     for a, b in zip(as_conv, plain):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5)
 
 
 def test_unet_with_linear_as_conv_matches_reference(monkeypatch, tiny_sd, cases):
     """The tiny UNet's inputs are short; with CONV_ROWS = 1 every projection takes the convolution path."""
+    unet = copy.deepcopy(tiny_sd.unet)
+    for block in unet.modules():
+        if isinstance(block, SpatialTransformer):
+            for m in block.modules():
+                if type(m) is torch.nn.Linear:
+                    m.__class__ = ConvLinear
     with torch.no_grad():
         plain = tiny_sd.unet(cases["unet_x"], cases["unet_t"], cases["unet_context"])
-        monkeypatch.setattr(blocks, "CONV_ROWS", 1)
-        as_conv = tiny_sd.unet(cases["unet_x"], cases["unet_t"], cases["unet_context"])
+        monkeypatch.setattr(accel, "CONV_ROWS", 1)
+        as_conv = unet(cases["unet_x"], cases["unet_t"], cases["unet_context"])
     torch.testing.assert_close(as_conv, plain, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(as_conv, cases["unet_out"], atol=1e-4, rtol=1e-4)

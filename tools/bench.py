@@ -28,9 +28,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ldm import attention  # noqa: E402
 from ldm.checkpoint import parse_dtype  # noqa: E402
-from ldm.cli import compile_model  # noqa: E402
+from ldm.accel import accelerate, compile_model  # noqa: E402
 from ldm.config import ModelConfig  # noqa: E402
 from ldm.unet import UNetModel  # noqa: E402
 from ldm.vae import AutoencoderKL  # noqa: E402
@@ -94,15 +93,16 @@ def unet_inputs(batch: int, size: int, dtype, device):
     return x.to(device, dtype), torch.full((batch,), 500, device=device), context.to(device, dtype)
 
 
-def flops_of(fn) -> int:
-    """FLOPs of one call, counted on the plain math attention path (fused kernels are not counted)."""
-    backend = attention.get_backend()
-    attention.set_backend("math")
+def flops_of(model, fn) -> int:
+    """FLOPs of one call, counted with the model's attention on the reference formula (the flop counter
+    does not see inside fused kernels)."""
+    kernels = {m: m.__dict__.pop("attention") for m in model.modules() if "attention" in m.__dict__}
     try:
         with FlopCounterMode(display=False) as counter:
             fn()
     finally:
-        attention.set_backend(backend)
+        for m, kernel in kernels.items():
+            m.attention = kernel
     return counter.get_total_flops()
 
 
@@ -145,11 +145,11 @@ def bench_unet(args, device, results):
     for dtype_name in args.dtypes:
         dtype = parse_dtype(dtype_name)
         peak = matmul_peak(dtype, device)
-        model = unet.to(device, dtype)
+        model = accelerate(unet.to(device, dtype), device)
         other = peer.to(device, dtype) if peer is not None else None
         for size in args.sizes:
             x, t, ctx = unet_inputs(args.batch, size, dtype, device)
-            flops = flops_of(lambda: model(x, t, ctx))
+            flops = flops_of(model, lambda: model(x, t, ctx))
             for compiled in ([False, True] if args.compile == "both" else [args.compile == "on"]):
                 fn = compile_model(copy.deepcopy(model), device) if compiled else model
                 rival = torch.compile(other) if compiled and other is not None else other  # like for like
@@ -197,7 +197,7 @@ def bench_vae(args, device, results):
     for dtype_name in args.dtypes:
         dtype = parse_dtype(dtype_name)
         z = torch.randn(1, 4, 64, 64, device=device, dtype=dtype)
-        models = [(copy.deepcopy(vae).to(device, dtype, memory_format=fmt), z.contiguous(memory_format=fmt))
+        models = [(accelerate(copy.deepcopy(vae).to(device, dtype), device).to(memory_format=fmt), z.contiguous(memory_format=fmt))
                   for fmt in layouts]
         if peer is not None:
             models += [(copy.deepcopy(peer).to(device, dtype, memory_format=fmt), z.contiguous(memory_format=fmt))
