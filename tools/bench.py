@@ -29,11 +29,29 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ldm.checkpoint import parse_dtype  # noqa: E402
+from ldm import accel  # noqa: E402
 from ldm.accel import accelerate, compile_model  # noqa: E402
 from ldm.config import ModelConfig  # noqa: E402
 from ldm.unet import UNetModel  # noqa: E402
 from ldm.vae import AutoencoderKL  # noqa: E402
 from make_fixture_weights import fixture_tensor  # noqa: E402
+
+
+SPEED_FLAGS = {"avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "amx_tile", "amx_bf16",
+               "amx_int8", "amx_fp16"}
+
+
+def cpu_model() -> str:
+    """The CPU's model name, family and model numbers (/proc/cpuinfo), for the benchmark's header."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        return platform.processor()
+    return f"{fields.get('model name', '?')} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
 
 
 def sync(device):
@@ -280,6 +298,8 @@ def main(argv=None):
     p.add_argument("--json", default=None, help="also write the results here")
     a = p.parse_args(argv)
     device = torch.device(a.device)
+    print(f"cpu: {cpu_model()}, flags: {' '.join(sorted(accel.cpu_flags() & SPEED_FLAGS)) or 'none of note'}; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads; paths: {accel.policy(device)}")
     results = []
     if "unet" in a.parts:
         bench_unet(a, device, results)
@@ -289,7 +309,8 @@ def main(argv=None):
         bench_interp(a, device, results)
     print_table(results)
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
-    meta = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+    meta = {"machine": platform.processor() or platform.machine(), "cpu": cpu_model(),
+            "cpu_flags": sorted(accel.cpu_flags() & SPEED_FLAGS), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "device": str(device), "peak_rss_gib": peak_rss,
             "date": time.strftime("%Y-%m-%d")}
     print(f"\n{meta}")
