@@ -22,7 +22,9 @@ from ldm import weights
 from ldm.accel import compile_model
 from ldm.cli import check_device, load_model, progress, resolve_dtype, run
 from ldm.images import frame_size, open_image, parse_size, placement, to_tensor
+from ldm.errors import UserError
 from ldm.pipeline import encode_images, encode_text, img2img
+from pose.errors import PoseError
 
 from . import inversion
 from .conditioning import PoseConditioning, TextConditioning, read_keypoints
@@ -44,7 +46,7 @@ def _poses(sd, s: Settings, raw, placements, images, size) -> tuple:
         people = [read_keypoints(path, im.size, pl) for path, im, pl in zip(s.poses, raw, placements)]
     else:
         import pose
-        net = pose.load(list(s.pose_model) if s.pose_model else None)
+        net = pose.load(list(s.pose_model) if s.pose_model else [weights.fetch(name) for name in pose.CATALOG])
 
         def fallback(which):
             def to_photo(rgb):  # Fig. 4: a stylized image is first translated into a photograph
@@ -149,4 +151,4 @@ def interpolate(s: Settings) -> RunDir:
 
 def main(argv=None):
     settings = parse(argv)
-    run(lambda: interpolate(settings))
+    run(lambda: interpolate(settings), errors=(UserError, PoseError))

@@ -80,11 +80,11 @@ def _sampling_args(p: argparse.ArgumentParser, steps: int = 200, cfg: float = 9.
     add_model_args(p)
 
 
-def run(main):
-    """Run a command body, turning UserError into `error: ...` and exit status 2."""
+def run(main, errors=(UserError,)):
+    """Run a command body, turning `errors` (the problems a user can fix) into `error: ...` and exit status 2."""
     try:
         main()
-    except UserError as e:
+    except errors as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

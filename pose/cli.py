@@ -1,4 +1,7 @@
-"""`pose-detect IMAGE [--out pose.png] [--json keypoints.json]`: show what the detector sees."""
+"""`pose-detect IMAGE [--out pose.png] [--json keypoints.json]`: show what the detector sees.
+
+The command fetches the model files from the weights catalog (ldm.weights); the pose library itself
+depends on nothing of ldm."""
 import argparse
 import json
 import sys
@@ -6,11 +9,13 @@ import sys
 import cv2
 import numpy as np
 
+from ldm import weights
 from ldm.errors import UserError
 
 from .detect import detect_scored, read_image
+from .errors import PoseError
 from .match import main_subject
-from .network import DEFAULT_SCALES, load
+from .network import CATALOG, DEFAULT_SCALES, load
 from .render import draw_skeletons
 from .skeleton import NAMES
 
@@ -33,7 +38,8 @@ def parse_args(argv):
 
 def run(args):
     rgb = read_image(args.image)
-    found = detect_scored(rgb, load(args.model, tuple(args.scales)))
+    model = args.model or [weights.fetch(name) for name in CATALOG]
+    found = detect_scored(rgb, load(model, tuple(args.scales)))
     people = [keypoints for keypoints, _ in found]
     main = main_subject(people)
     overlay = draw_skeletons((rgb // 2).astype(np.uint8), people)
@@ -59,7 +65,7 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         run(args)
-    except UserError as e:
+    except (UserError, PoseError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -9,8 +9,7 @@ non-maximum suppression (no duplicate peaks on flat maxima) and sub-pixel peak r
 import cv2
 import numpy as np
 
-from ldm.errors import UserError
-
+from .errors import PoseError
 from .skeleton import LIMBS, NUM_HEATMAPS, NUM_KEYPOINTS, NUM_PAFS, PAF_XY, SEED_LIMBS
 
 PEAK_THRESHOLD = 0.1      # minimum smoothed heatmap value of a keypoint candidate
@@ -151,9 +150,9 @@ def decode_scored(heatmaps, pafs, image_size):
     heatmaps = np.asarray(heatmaps, dtype=np.float32)
     pafs = np.asarray(pafs, dtype=np.float32)
     if heatmaps.ndim != 3 or heatmaps.shape[0] != NUM_HEATMAPS:
-        raise UserError(f"heatmaps must be [{NUM_HEATMAPS}, h, w], got {list(heatmaps.shape)}")
+        raise PoseError(f"heatmaps must be [{NUM_HEATMAPS}, h, w], got {list(heatmaps.shape)}")
     if pafs.shape != (NUM_PAFS,) + heatmaps.shape[1:]:
-        raise UserError(f"pafs must be [{NUM_PAFS}, {heatmaps.shape[1]}, {heatmaps.shape[2]}], "
+        raise PoseError(f"pafs must be [{NUM_PAFS}, {heatmaps.shape[1]}, {heatmaps.shape[2]}], "
                         f"got {list(pafs.shape)}")
     height, width = (int(v) for v in image_size)
     heatmaps, pafs = resize_maps(heatmaps, height, width), resize_maps(pafs, height, width)

@@ -11,9 +11,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ldm.errors import UserError
-
 from .decode import decode_scored
+from .errors import PoseError
 from .match import main_subject
 from .network import DEFAULT_SCALES, load
 
@@ -35,11 +34,11 @@ def read_image(image):
         bgr = cv2.imread(str(image), cv2.IMREAD_COLOR)
         if bgr is None:
             reason = "it does not exist" if not Path(image).exists() else "OpenCV cannot decode it"
-            raise UserError(f"cannot read image {image}: {reason}")
+            raise PoseError(f"cannot read image {image}: {reason}")
         return np.ascontiguousarray(bgr[:, :, ::-1])
     array = np.asarray(image)
     if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8 or 0 in array.shape:
-        raise UserError(f"an image must be an HxWx3 uint8 RGB array, got shape "
+        raise PoseError(f"an image must be an HxWx3 uint8 RGB array, got shape "
                         f"{list(array.shape)} dtype {array.dtype}")
     return np.ascontiguousarray(array)
 

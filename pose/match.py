@@ -5,8 +5,7 @@ intermediate skeletons, as in the paper.
 """
 import numpy as np
 
-from ldm.errors import UserError
-
+from .errors import PoseError
 from .skeleton import as_person
 
 
@@ -18,7 +17,7 @@ def interpolate(kp_a, kp_b, alpha):
     """
     a, b = as_person(kp_a), as_person(kp_b)
     if not 0.0 <= alpha <= 1.0:
-        raise UserError(f"interpolation position must lie in [0, 1], got {alpha}")
+        raise PoseError(f"interpolation position must lie in [0, 1], got {alpha}")
     shared = (a[:, 2] > 0) & (b[:, 2] > 0)
     return np.where(shared[:, None], (1 - alpha) * a + alpha * b, 0.0)
 

@@ -15,17 +15,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ldm.errors import UserError
-
 from .decode import resize_maps
+from .errors import PoseError
 from .skeleton import NUM_HEATMAPS, NUM_PAFS, STRIDE
 
 BOX_SIZE = 368            # network input height at scale 1 (the CMU training crop size)
 PAD_VALUE = 128
 # The ControlNet annotator runs a single scale, 0.5 (the CMU demo averages 0.5, 1, 1.5, 2).
 DEFAULT_SCALES = (0.5,)
-CATALOG_PROTOTXT = "openpose-coco-prototxt"
-CATALOG_WEIGHTS = "openpose-coco-caffemodel"
+# The weights-catalog names of the CMU COCO model files (prototxt, caffemodel): the commands fetch them.
+CATALOG = ("openpose-coco-prototxt", "openpose-coco-caffemodel")
 
 
 class OpenPoseNet:
@@ -33,7 +32,7 @@ class OpenPoseNet:
 
     def __init__(self, net, scales=DEFAULT_SCALES):
         if not scales or any(s <= 0 for s in scales):
-            raise UserError(f"pose scales must be positive numbers, got {list(scales)}")
+            raise PoseError(f"pose scales must be positive numbers, got {list(scales)}")
         self.net = net
         self.scales = tuple(float(s) for s in scales)
 
@@ -43,7 +42,7 @@ class OpenPoseNet:
         self.net.setInput(np.ascontiguousarray(blob))
         out = self.net.forward()
         if out.ndim != 4 or out.shape[1] != NUM_HEATMAPS + NUM_PAFS:
-            raise UserError(f"the pose model outputs {list(out.shape)}, not the COCO body layout "
+            raise PoseError(f"the pose model outputs {list(out.shape)}, not the COCO body layout "
                             f"[1, {NUM_HEATMAPS + NUM_PAFS}, h, w]: use the CMU COCO model")
         return out[0]
 
@@ -67,7 +66,7 @@ class OpenPoseNet:
 def _read_net(*paths):
     for path in paths:
         if not Path(path).is_file():
-            raise UserError(f"pose model file {path} does not exist: pass the CMU COCO "
+            raise PoseError(f"pose model file {path} does not exist: pass the CMU COCO "
                             f"pose_deploy_linevec.prototxt and pose_iter_440000.caffemodel "
                             f"(or an ONNX export), or model=None to download them")
     try:
@@ -76,7 +75,7 @@ def _read_net(*paths):
         return cv2.dnn.readNetFromCaffe(str(paths[0]), str(paths[1]))
     except cv2.error as e:
         first = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown error"
-        raise UserError(f"OpenCV could not read the pose model {', '.join(map(str, paths))} "
+        raise PoseError(f"OpenCV could not read the pose model {', '.join(map(str, paths))} "
                         f"({first}): is it the CMU COCO body model?") from None
 
 
@@ -85,31 +84,24 @@ def _caffe_pair(paths):
     protos = [p for p in paths if Path(p).suffix == ".prototxt"]
     weights = [p for p in paths if Path(p).suffix != ".prototxt"]
     if len(protos) != 1 or len(weights) != 1:
-        raise UserError(f"a Caffe pose model is a .prototxt and a .caffemodel, got {list(map(str, paths))}")
+        raise PoseError(f"a Caffe pose model is a .prototxt and a .caffemodel, got {list(map(str, paths))}")
     return protos[0], weights[0]
 
 
-_default = {}
-
-
-def load(model=None, scales=DEFAULT_SCALES):
+def load(model, scales=DEFAULT_SCALES):
     """An OpenPoseNet from `model`.
 
-    model: None (the catalog's CMU COCO model, downloaded on first use), an OpenPoseNet (used
-    as is), a path to an ONNX export, a path to a .caffemodel with `pose_deploy_linevec.prototxt`
-    beside it, or a (prototxt, caffemodel) pair; a list of one path is that path.
+    model: an OpenPoseNet (used as is), a path to an ONNX export, a path to a .caffemodel with
+    `pose_deploy_linevec.prototxt` beside it, or a (prototxt, caffemodel) pair; a list of one path is
+    that path. (The files are the weights catalog's `CATALOG` entries; `pose-detect` fetches them.)
     """
     if isinstance(model, OpenPoseNet):
         return model
     if isinstance(model, (tuple, list)) and len(model) == 1:
         model = model[0]
     if model is None:
-        key = tuple(scales)
-        if key not in _default:
-            from ldm import weights  # lazily: ldm pulls in torch, which detection does not need
-            paths = weights.fetch(CATALOG_PROTOTXT), weights.fetch(CATALOG_WEIGHTS)
-            _default[key] = OpenPoseNet(_read_net(*paths), key)
-        return _default[key]
+        raise PoseError("no pose model given: pass the CMU COCO pose_deploy_linevec.prototxt and "
+                        "pose_iter_440000.caffemodel (or an ONNX export)")
     if isinstance(model, (tuple, list)):
         return OpenPoseNet(_read_net(*_caffe_pair(model)), scales)
     path = Path(model)
@@ -117,5 +109,5 @@ def load(model=None, scales=DEFAULT_SCALES):
         return OpenPoseNet(_read_net(path), scales)
     if path.suffix == ".caffemodel":
         return OpenPoseNet(_read_net(path.with_name("pose_deploy_linevec.prototxt"), path), scales)
-    raise UserError(f"unknown pose model {model}: expected an .onnx file, a .caffemodel with "
+    raise PoseError(f"unknown pose model {model}: expected an .onnx file, a .caffemodel with "
                     f"pose_deploy_linevec.prototxt beside it, or a (prototxt, caffemodel) pair")

@@ -14,8 +14,7 @@ import math
 import cv2
 import numpy as np
 
-from ldm.errors import UserError
-
+from .errors import PoseError
 from .skeleton import COLORS, DRAWN_LIMBS, LIMBS, NUM_KEYPOINTS, as_person
 
 STICK_WIDTH = 4
@@ -61,7 +60,7 @@ def render(people, height, width, source_size=None, annotate_resolution=ANNOTATE
     (identical when the output's short side is 512).
     """
     if height <= 0 or width <= 0:
-        raise UserError(f"render size must be positive, got {height}x{width}")
+        raise PoseError(f"render size must be positive, got {height}x{width}")
     source_h, source_w = source_size if source_size is not None else (height, width)
     if annotate_resolution is None:
         draw_h, draw_w = height, width

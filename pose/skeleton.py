@@ -7,7 +7,7 @@ are those of the ControlNet OpenPose annotator (lllyasviel/ControlNet,
 """
 import numpy as np
 
-from ldm.errors import UserError
+from .errors import PoseError
 
 NAMES = (
     "nose", "neck",
@@ -58,6 +58,6 @@ def as_person(keypoints):
     """A keypoint array checked to be [18, 3]."""
     person = np.asarray(keypoints, dtype=np.float64)
     if person.shape != (NUM_KEYPOINTS, 3):
-        raise UserError(f"a person must be an [{NUM_KEYPOINTS}, 3] array of (x, y, confidence), "
+        raise PoseError(f"a person must be an [{NUM_KEYPOINTS}, 3] array of (x, y, confidence), "
                         f"got shape {list(person.shape)}")
     return person

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import pose
-from ldm.errors import UserError
+from pose.errors import PoseError
 from pose.decode import resize_maps
 from pose_fixtures import STRIDE, connected, make_person, match_to_truth, synthetic_maps
 
@@ -114,7 +114,7 @@ def test_accuracy_on_random_scenes():
 
 
 def test_bad_map_shapes_are_user_errors():
-    with pytest.raises(UserError, match="heatmaps must be"):
+    with pytest.raises(PoseError, match="heatmaps must be"):
         pose.decode(np.zeros((18, 10, 10)), np.zeros((38, 10, 10)), (80, 80))
-    with pytest.raises(UserError, match="pafs must be"):
+    with pytest.raises(PoseError, match="pafs must be"):
         pose.decode(np.zeros((19, 10, 10)), np.zeros((38, 10, 12)), (80, 80))

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import pose
-from ldm.errors import UserError
+from pose.errors import PoseError
 from pose_fixtures import make_person
 
 
@@ -43,9 +43,9 @@ def test_identical_people_interpolate_to_themselves(pair):
 
 def test_bad_arguments_are_user_errors(pair):
     a, b = pair
-    with pytest.raises(UserError, match=r"\[0, 1\]"):
+    with pytest.raises(PoseError, match=r"\[0, 1\]"):
         pose.interpolate(a, b, 1.5)
-    with pytest.raises(UserError, match=r"\[18, 3\]"):
+    with pytest.raises(PoseError, match=r"\[18, 3\]"):
         pose.interpolate(a[:, :2], b, 0.5)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import pose
-from ldm.errors import UserError
+from pose.errors import PoseError
 from pose.decode import resize_maps
 from pose_fixtures import (STRIDE, encode_image, make_person, match_to_truth, synthetic_maps,
                            write_encoder_net, write_random_net)
@@ -121,20 +121,20 @@ def test_fallback_runs_when_the_main_subject_is_not_confident(encoder, scene):
 
 
 def test_missing_model_files_are_user_errors(tmp_path):
-    with pytest.raises(UserError, match="does not exist"):
+    with pytest.raises(PoseError, match="does not exist"):
         pose.load(tmp_path / "pose_iter_440000.caffemodel")
-    with pytest.raises(UserError, match="does not exist"):
+    with pytest.raises(PoseError, match="does not exist"):
         pose.load(tmp_path / "model.onnx")
-    with pytest.raises(UserError, match="unknown pose model"):
+    with pytest.raises(PoseError, match="unknown pose model"):
         pose.load(tmp_path / "model.bin")
-    with pytest.raises(UserError, match=".prototxt and a .caffemodel"):
+    with pytest.raises(PoseError, match=".prototxt and a .caffemodel"):
         pose.load((tmp_path / "a.caffemodel", tmp_path / "b.caffemodel"))
 
 
 def test_corrupt_model_is_a_user_error(tmp_path):
     proto, model = write_encoder_net(tmp_path)
     model.write_bytes(b"not a caffe model")
-    with pytest.raises(UserError, match="OpenCV could not read the pose model"):
+    with pytest.raises(PoseError, match="OpenCV could not read the pose model"):
         pose.load((proto, model))
 
 
@@ -143,29 +143,37 @@ def test_wrong_output_layout_is_a_user_error(tmp_path):
     proto.write_text(proto.read_text().replace('bottom: "Mconv7_stage6_L1" top: "net_output"',
                                                'top: "net_output"'))
     net = pose.load((proto, model), scales=(1.0,))
-    with pytest.raises(UserError, match="not the COCO body layout"):
+    with pytest.raises(PoseError, match="not the COCO body layout"):
         net.maps(np.zeros((64, 64, 3), np.uint8))
 
 
-def test_default_model_offline_is_a_user_error(tmp_path, monkeypatch):
+def test_default_model_offline_is_one_error_line(tmp_path, monkeypatch, capsys):
+    """pose-detect fetches the catalog's model; offline that is one `error:` line naming the file."""
+    from pose.cli import main
+
     def offline(*args, **kwargs):
         raise OSError("no network")
 
     monkeypatch.setenv("SD_INTERP_WEIGHTS", str(tmp_path))
     monkeypatch.setitem(sys.modules, "huggingface_hub", types.SimpleNamespace(hf_hub_download=offline))
-    with pytest.raises(UserError, match="pose_deploy_linevec.prototxt"):
+    image = tmp_path / "blank.png"
+    cv2.imwrite(str(image), np.zeros((64, 64, 3), np.uint8))
+    assert main([str(image), "--out", str(tmp_path / "o.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "pose_deploy_linevec.prototxt" in err and "Traceback" not in err
+    with pytest.raises(PoseError, match="no pose model given"):
         pose.detect(np.zeros((64, 64, 3), np.uint8))
 
 
 def test_bad_images_are_user_errors(tmp_path, encoder):
-    with pytest.raises(UserError, match="does not exist"):
+    with pytest.raises(PoseError, match="does not exist"):
         pose.detect(tmp_path / "missing.png", model=encoder)
     garbage = tmp_path / "garbage.png"
     garbage.write_bytes(b"\x89PNG not really")
-    with pytest.raises(UserError, match="cannot decode"):
+    with pytest.raises(PoseError, match="cannot decode"):
         pose.detect(garbage, model=encoder)
     for bad in (np.zeros((64, 64), np.uint8), np.zeros((64, 64, 4), np.uint8), np.zeros((64, 64, 3))):
-        with pytest.raises(UserError, match="HxWx3 uint8"):
+        with pytest.raises(PoseError, match="HxWx3 uint8"):
             pose.detect(bad, model=encoder)
-    with pytest.raises(UserError, match="positive"):
+    with pytest.raises(PoseError, match="positive"):
         pose.OpenPoseNet(encoder.net, scales=())

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import pose
-from ldm.errors import UserError
+from pose.errors import PoseError
 
 RED, ORANGE, AMBER, LIME = (255, 0, 0), (255, 85, 0), (255, 170, 0), (85, 255, 0)
 
@@ -114,7 +114,7 @@ def test_non_square_output():
 
 
 def test_bad_people_are_user_errors():
-    with pytest.raises(UserError, match=r"\[18, 3\]"):
+    with pytest.raises(PoseError, match=r"\[18, 3\]"):
         pose.render([np.zeros((17, 3))], 512, 512)
-    with pytest.raises(UserError, match="positive"):
+    with pytest.raises(PoseError, match="positive"):
         pose.render([], 0, 512)

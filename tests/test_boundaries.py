@@ -1,0 +1,27 @@
+"""The layout is the architecture: pose/'s library code imports nothing of ldm/ (or torch), ldm/ nothing of
+interp/ or pose/."""
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def imported(path: Path) -> set:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_pose_library_imports_nothing_of_ldm_or_torch():
+    for path in (ROOT / "pose").glob("*.py"):
+        if path.name != "cli.py":  # the command fetches the model files through ldm.weights
+            assert not imported(path) & {"ldm", "interp", "torch"}, path.name
+
+
+def test_ldm_imports_nothing_of_interp_or_pose():
+    for path in (ROOT / "ldm").rglob("*.py"):
+        assert not imported(path) & {"interp", "pose"}, path.name
