@@ -20,7 +20,7 @@ from PIL import Image
 
 from ldm import weights
 from ldm.accel import compile_model
-from ldm.cli import check_device, load_model, progress, resolve_dtype, run
+from ldm.runtime import check_device, load_model, progress, resolve_dtype, run
 from ldm.images import frame_size, open_image, parse_size, placement, to_tensor
 from ldm.errors import UserError
 from ldm.pipeline import encode_images, encode_text, img2img

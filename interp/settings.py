@@ -9,7 +9,7 @@ import argparse
 import dataclasses
 from dataclasses import dataclass
 
-from ldm.cli import add_model_args
+from ldm.runtime import add_model_args
 
 from .rank import NEGATIVE, POSITIVE
 from .schedules import SCHEDULES

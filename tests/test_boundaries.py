@@ -25,3 +25,12 @@ def test_pose_library_imports_nothing_of_ldm_or_torch():
 def test_ldm_imports_nothing_of_interp_or_pose():
     for path in (ROOT / "ldm").rglob("*.py"):
         assert not imported(path) & {"interp", "pose"}, path.name
+
+
+def test_no_command_imports_another():
+    def modules(path):
+        return {n.module for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.ImportFrom) and n.module}
+    assert not any(m in ("ldm.cli", "pose.cli") for m in modules(ROOT / "interp" / "cli.py"))
+    assert not any(m in ("ldm.cli", "interp.cli") for m in modules(ROOT / "pose" / "cli.py"))
+    for path in (ROOT / "interp").glob("*.py"):
+        assert "ldm.cli" not in modules(path), path.name

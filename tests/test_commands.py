@@ -97,7 +97,7 @@ def test_offline_default_checkpoint_error(tmp_path, capsys, monkeypatch):
 
 def test_auto_dtype(monkeypatch):
     import torch
-    from ldm import accel, cli
+    from ldm import accel, runtime as cli
     monkeypatch.setattr(accel, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
     assert cli.resolve_dtype("auto", torch.device("cpu")) == torch.bfloat16
     assert cli.resolve_dtype("auto", torch.device("cuda")) == torch.float16

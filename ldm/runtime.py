@@ -1,0 +1,78 @@
+"""What every command shares: the model options, device and dtype choice, loading with notes, progress bars
+and the one-line error exit. The commands (`ldm.cli`, `interp.cli`, `pose.cli`) import it; none imports
+another command."""
+import argparse
+import sys
+
+import torch
+
+from .accel import compile_model, default_dtype
+from .checkpoint import load_checkpoint, parse_dtype
+from .errors import UserError
+from .weights import resolve
+
+DEFAULT_MODEL = "sd21-512-base"
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """Options every command that loads SD takes."""
+    p.add_argument("--ckpt", default=DEFAULT_MODEL,
+                   help=f"checkpoint path or weights-catalog name (default {DEFAULT_MODEL}, downloaded on first use)")
+    p.add_argument("--config", default=None, help="architecture JSON for non-SD-2.1 checkpoints")
+    p.add_argument("--prediction", choices=["v", "eps"], default=None, help="override the model's prediction type")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda, cuda:N or mps")
+    p.add_argument("--dtype", default="auto",
+                   help="float32, float16, bfloat16, or auto: float16 on CUDA, bfloat16 on CPUs with native "
+                        "bfloat16 (AVX512-BF16 or AMX), else float32")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the UNet (and ControlNet): faster steps on GPUs after a slow first one")
+
+
+def check_device(name: str) -> torch.device:
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available here; use --device cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {name}: MPS is not available here; use --device cpu")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name != "auto":
+        return parse_dtype(name)
+    return default_dtype(device)
+
+
+def load_model(args):
+    device = check_device(args.device)
+    sd = load_checkpoint(resolve(args.ckpt, "sd"), device=device, dtype=resolve_dtype(args.dtype, device),
+                         prediction=args.prediction, config=args.config)
+    if args.compile:
+        compile_model(sd.unet, device)
+    for note in sd.notes:
+        print(f"[model] {note}", file=sys.stderr)
+    return sd
+
+
+def progress(total: int, desc: str):
+    """A tqdm bar as a callback of any signature (a sampler step, an inversion step): one tick per call."""
+    from tqdm import tqdm
+    bar = tqdm(total=total, desc=desc, file=sys.stderr, leave=False)
+
+    def tick(*_):
+        bar.update(1)
+        if bar.n >= bar.total:
+            bar.close()
+    return tick
+
+
+def run(main, errors=(UserError,)):
+    """Run a command body, turning `errors` (the problems a user can fix) into `error: ...` and exit status 2."""
+    try:
+        main()
+    except errors as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
