@@ -23,7 +23,7 @@ from ldm.accel import compile_model
 from ldm.runtime import check_device, load_model, progress, resolve_dtype, run
 from ldm.images import frame_size, open_image, parse_size, placement, to_tensor
 from ldm.errors import UserError
-from ldm.pipeline import encode_images, encode_text, img2img
+from ldm.pipeline import img2img
 from pose.errors import PoseError
 
 from . import inversion
@@ -65,7 +65,7 @@ def _text(sd, s: Settings, x, model_id: str, out: RunDir, notes: list, invert: b
     """Prompt embeddings, fitted to the two images by textual inversion (Section 4.2) unless it is off. A run
     folder keeps the embeddings it used, so a resumed run never depends on the cache."""
     prompts = [s.prompt, s.prompt_b or s.prompt]
-    cond, uncond = encode_text(sd, prompts), encode_text(sd, [s.negative])
+    cond, uncond = sd.encode_text(prompts), sd.encode_text([s.negative])
     if invert and s.inversion_steps > 0:
         if os.path.isfile(out.embeddings_path):
             cond, uncond = inversion.load_embeddings(out.embeddings_path)
@@ -128,7 +128,7 @@ def interpolate(s: Settings) -> RunDir:
     interp = Interpolator(sd, plan, text, s.cfg, s.eta, s.seed, controlnet, poses, tuple(s.control_strength), s.warp,
                           scorer, s.max_batch)
     # Frames 0 and N are the inputs themselves; frames of an interrupted run are picked up.
-    z = encode_images(sd, x)
+    z = sd.encode_images(x)
     latents = {0: z[:1], plan.n: z[1:]}
     for index, image in ((0, images[0]), (plan.n, images[1])):
         if not out.done(index):

@@ -12,7 +12,6 @@ from ldm.ddim import DDIM
 from ldm.denoiser import Denoiser
 from ldm.errors import UserError
 from ldm.images import to_pil
-from ldm.pipeline import decode_latents
 
 from .conditioning import control_strength
 from .rank import best
@@ -67,7 +66,7 @@ class Interpolator:
 
     def finish(self, jobs: list, z, k: int) -> None:
         """Frames jobs[j] are done, with candidates z[j k : (j + 1) k]: decode, rank, keep, report."""
-        images = decode_latents(self.sd, z, self.max_batch)
+        images = self.sd.decode_latents(z, self.max_batch)
         scores = self.scorer(images) if k > 1 else None
         kept = best(scores, len(jobs)) if k > 1 else [0] * len(jobs)
         for j, job in enumerate(jobs):

@@ -23,7 +23,6 @@ import torch.nn.functional as F
 
 from ldm import rng, safetensors_io
 from ldm.ddim import DDIM
-from ldm.pipeline import encode_images
 from ldm.safetensors_io import SafetensorsFile
 
 from .augment import augment
@@ -61,7 +60,7 @@ def invert(sd, images: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor, s
             index = rng.randint(S // 3, 2 * S // 3, g)  # one timestep for both images
             pair = []
             for i in range(2):
-                z0 = encode_images(sd, augment(images[i:i + 1], g))
+                z0 = sd.encode_images(augment(images[i:i + 1], g))
                 noise = rng.randn(z0.shape, g, z0.device)
                 loss = denoising_loss(sd, sampler, z0, index, noise, conds[i], neg, guidance)
                 loss.backward()

@@ -14,10 +14,12 @@ import torch.nn as nn
 from . import weights
 from .accel import accelerate
 from .config import ModelConfig, parse_config, with_pipeline
+from .denoiser import in_batches
 from .errors import UserError
 from .safetensors_io import SafetensorsFile
 from .schedule import NoiseSchedule
 from .text import TextTransformer
+from .tokenizer import tokenize
 from .unet import UNetModel
 from .vae import AutoencoderKL
 
@@ -145,6 +147,23 @@ class StableDiffusion:
     @property
     def dtype(self) -> torch.dtype:
         return next(self.unet.parameters()).dtype
+
+    @torch.no_grad()
+    def encode_text(self, prompts) -> torch.Tensor:
+        """Prompts -> SD conditioning [B, 77, C] (penultimate layer of the text encoder)."""
+        return self.text_encoder(tokenize(prompts).to(self.device))
+
+    def encode_images(self, x: torch.Tensor) -> torch.Tensor:
+        """Images [B,3,H,W] in [-1,1] -> scaled latents (posterior mean x latent scale), float32; no gradients."""
+        with torch.no_grad():
+            mean, _ = self.vae.encode(x.to(self.device, self.dtype))
+        return mean.float() * self.config.latent_scale
+
+    @torch.no_grad()
+    def decode_latents(self, z: torch.Tensor, max_batch: int = None) -> torch.Tensor:
+        """Scaled latents -> images [B,3,H,W] in about [-1,1], float32; at most `max_batch` latents per VAE call."""
+        return in_batches(lambda part: self.vae.decode((part / self.config.latent_scale).to(self.dtype)).float(),
+                          max_batch, z)
 
 
 def load_checkpoint(path, device="cpu", dtype=torch.float32, prediction=None, config=None,

@@ -6,33 +6,13 @@ import torch
 
 from . import rng
 from .ddim import DDIM
-from .denoiser import Denoiser, in_batches
+from .denoiser import Denoiser
 from .errors import UserError
 from .images import to_pil, to_tensor
-from .tokenizer import tokenize
-
-
-@torch.no_grad()
-def encode_text(sd, prompts) -> torch.Tensor:
-    """Prompts -> SD conditioning [B, 77, C] (penultimate layer of the text encoder)."""
-    return sd.text_encoder(tokenize(prompts).to(sd.device))
-
-
-@torch.no_grad()
-def encode_images(sd, x: torch.Tensor) -> torch.Tensor:
-    """Images [B,3,H,W] in [-1,1] -> scaled latents (posterior mean x latent scale), float32."""
-    mean, _ = sd.vae.encode(x.to(sd.device, sd.dtype))
-    return mean.float() * sd.config.latent_scale
-
-
-@torch.no_grad()
-def decode_latents(sd, z: torch.Tensor, max_batch: int = None) -> torch.Tensor:
-    """Scaled latents -> images [B,3,H,W] in about [-1,1], float32; at most `max_batch` latents per VAE call."""
-    return in_batches(lambda part: sd.vae.decode((part / sd.config.latent_scale).to(sd.dtype)).float(), max_batch, z)
 
 
 def _denoise(sd, sampler: DDIM, z, prompt: str, negative: str, guidance: float, start, generator, callback):
-    cond, uncond = encode_text(sd, [prompt]), encode_text(sd, [negative])
+    cond, uncond = sd.encode_text([prompt]), sd.encode_text([negative])
     return sampler.sample(Denoiser(sd.unet), z, cond, uncond, guidance, start=start, callback=callback,
                           generator=generator)
 
@@ -46,7 +26,7 @@ def txt2img(sd, prompt: str, negative: str = "", steps: int = 200, guidance: flo
     g = rng.generator(seed)
     z = rng.randn((1, sd.config.unet.out_channels, h // 8, w // 8), g, sd.device)
     z = _denoise(sd, DDIM(sd.schedule, sd.config.prediction, steps, eta), z, prompt, negative, guidance, None, g, callback)
-    return to_pil(decode_latents(sd, z))[0]
+    return to_pil(sd.decode_latents(z))[0]
 
 
 def img2img_start(strength: float, num_steps: int) -> int:
@@ -69,7 +49,7 @@ def img2img(sd, image, prompt: str, negative: str = "", strength: float = 0.5, s
     g = rng.generator(seed)
     sampler = DDIM(sd.schedule, sd.config.prediction, steps, eta)
     start = img2img_start(strength, len(sampler))
-    z0 = encode_images(sd, to_tensor(image))
+    z0 = sd.encode_images(to_tensor(image))
     zt = sd.schedule.q_sample(z0, int(sampler.timesteps[start]), rng.randn(z0.shape, g, sd.device))
     z = _denoise(sd, sampler, zt, prompt, negative, guidance, start, g, callback)
-    return to_pil(decode_latents(sd, z))[0]
+    return to_pil(sd.decode_latents(z))[0]

@@ -14,7 +14,6 @@ from ldm import accel, attention as attn
 from ldm.accel import ConvLinear, FoldedUpsample, RowSlicedFeedForward, SlicedConv2d, compile_model
 from ldm.blocks import FeedForward, SpatialTransformer, Upsample
 from ldm.denoiser import Denoiser
-from ldm.pipeline import decode_latents
 
 
 def test_compiled_unet_matches_eager(tiny_sd, cases):
@@ -58,7 +57,7 @@ def test_split_batches_match_one_batch(tiny_sd, tiny_controlnet, cases):
     assert (whole.calls, split.calls) == (1, 2)
     z = torch.cat([cases["vae_dec_z"]] * 3) * tiny_sd.config.latent_scale
     with torch.no_grad():
-        torch.testing.assert_close(decode_latents(tiny_sd, z, max_batch=2), decode_latents(tiny_sd, z), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(tiny_sd.decode_latents(z, max_batch=2), tiny_sd.decode_latents(z), atol=1e-5, rtol=1e-5)
 
 
 def plain_upsample(module, x):

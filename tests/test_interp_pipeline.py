@@ -19,7 +19,6 @@ from interp.schemes import SCHEMES, input_chains, scheme
 from interp.slerp import slerp
 from ldm.ddim import DDIM
 from ldm.images import placement
-from ldm.pipeline import encode_images
 
 SIZE = 64  # pixels: an 8x8 latent keeps every test fast
 
@@ -233,7 +232,7 @@ def test_textual_inversion_lowers_its_eps_loss(tiny_sd):
     g = torch.Generator().manual_seed(3)
     images = torch.rand(2, 3, SIZE, SIZE, generator=g) * 2 - 1
     cond, uncond = torch.randn(2, 77, 64, generator=g) * 0.5, torch.randn(1, 77, 64, generator=g) * 0.5
-    z0 = encode_images(tiny_sd, images)
+    z0 = tiny_sd.encode_images(images)
     sampler = DDIM(tiny_sd.schedule, tiny_sd.config.prediction, 10)
     probes = [(k, torch.randn(1, 4, 8, 8, generator=g)) for k in (3, 4, 5)]
 
