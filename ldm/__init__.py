@@ -5,7 +5,7 @@
     ldm.tokenize(["a photo", ...])
     clip = ldm.load_clip(path); clip.encode_image(ldm.clip_preprocess(images, clip.image_size)); clip.encode_text(tokens)
 
-Names are imported on first use, so `ldm.errors` and `ldm.weights` (used by `pose/`) load without torch.
+Names are imported on first use, so `ldm.errors` and `ldm.weights` (used by the `pose-detect` command) load without torch.
 """
 import importlib
 

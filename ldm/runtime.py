@@ -1,5 +1,5 @@
 """What every command shares: the model options, device and dtype choice, loading with notes, progress bars
-and the one-line error exit. The commands (`ldm.cli`, `interp.cli`, `pose.cli`) import it; none imports
+and the one-line error exit. The commands (`ldm.cli`, `interp.cli`) import it; no command imports
 another command."""
 import argparse
 import sys
