@@ -84,7 +84,8 @@ def read_keypoints(path, source_size, placement) -> list:
         raise UserError(f"cannot read keypoints from {path} ({type(e).__name__}: {e}): give a file written by pose-detect --json") from None
     placed = []
     for person in people:
-        xy = placement.points(person[:, :2] * scale)
-        conf = np.where(placement.inside(xy) & (person[:, 2] > 0), person[:, 2], 0.0)
+        source = person[:, :2] * scale
+        xy = placement.points(source)
+        conf = np.where(placement.inside(source) & (person[:, 2] > 0), person[:, 2], 0.0)
         placed.append(np.where(conf[:, None] > 0, np.concatenate([xy, conf[:, None]], axis=1), 0.0))
     return placed

@@ -226,6 +226,11 @@ def test_given_keypoints_go_through_the_image_transform(tmp_path):
     record["people"][0]["keypoints"] = person({0: (2, 9)}).tolist()  # cut away by the centre crop
     path.write_text(json.dumps(record))
     assert read_keypoints(path, src.size, placement(src.size, (64, 64), "crop"))[0][0, 2] == 0
+    # Upscaled, a keypoint far inside stays: it is tested where it lands, not mapped a second time.
+    record = {"width": 32, "height": 32, "people": [{"keypoints": person({0: (20, 10)}).tolist()}]}
+    path.write_text(json.dumps(record))
+    kp = read_keypoints(path, (32, 32), placement((32, 32), (64, 64), "resize"))[0]
+    assert kp[0, 2] > 0 and np.allclose(kp[0, :2], [40.5, 20.5])
 
 
 def test_textual_inversion_lowers_its_eps_loss(tiny_sd):
