@@ -29,19 +29,14 @@ def _uniform(low: float, high: float, generator: torch.Generator) -> torch.Tenso
     return low + (high - low) * rng.rand((1,), generator)
 
 
-def _jitter_range(value, name: str, center: float = 1.0, bound=(0.0, math.inf), clip_first_on_zero=True):
-    """The (min, max) of a jitter factor, or None for no jitter (torchvision `ColorJitter._check_input`)."""
-    if isinstance(value, (int, float)):
-        if value < 0:
-            raise ValueError(f"{name} must be non-negative, got {value}")
-        low, high = center - float(value), center + float(value)
-        if clip_first_on_zero:
-            low = max(low, 0.0)
-    else:
-        low, high = (float(v) for v in value)
-    if not bound[0] <= low <= high <= bound[1]:
-        raise ValueError(f"{name} range should lie within {bound}, got {(low, high)}")
-    return None if low == high == center else (low, high)
+def _jitter_range(strength: float, name: str, center: float) -> tuple:
+    """The (min, max) of a factor drawn around `center` (torchvision `ColorJitter._check_input`): factors
+    around 1 stay >= 0; None for strength 0 (no jitter)."""
+    if strength < 0:
+        raise ValueError(f"{name} must be non-negative, got {strength}")
+    if strength == 0:
+        return None
+    return (max(center - strength, 0.0) if center else -strength), center + strength
 
 
 def _blend(img1: torch.Tensor, img2: torch.Tensor, ratio: float) -> torch.Tensor:
@@ -124,13 +119,14 @@ def color_jitter(x: torch.Tensor, generator: torch.Generator, brightness=0.1, co
                  hue=0.1) -> torch.Tensor:
     """torchvision's `ColorJitter` on x [..., 3, H, W] in [0, 1].
 
-    Each strength is a number s (factor uniform in [max(0, 1 - s), 1 + s]; hue uniform in [-s, s]) or a
-    (min, max) pair; 0 turns that adjustment off and draws nothing for it. The four adjustments run in the
+    Each strength s gives a factor uniform in [max(0, 1 - s), 1 + s] (hue: in [-s, s], s <= 0.5); 0 turns
+    that adjustment off and draws nothing for it. The four adjustments run in the
     order of a random permutation, drawn first, as in `ColorJitter.get_params`.
     """
-    ranges = (_jitter_range(brightness, "brightness"), _jitter_range(contrast, "contrast"),
-              _jitter_range(saturation, "saturation"),
-              _jitter_range(hue, "hue", center=0.0, bound=(-0.5, 0.5), clip_first_on_zero=False))
+    if hue > 0.5:
+        raise ValueError(f"hue must be at most 0.5 (half a turn), got {hue}")
+    ranges = (_jitter_range(brightness, "brightness", 1.0), _jitter_range(contrast, "contrast", 1.0),
+              _jitter_range(saturation, "saturation", 1.0), _jitter_range(hue, "hue", 0.0))
     order = rng.randperm(4, generator)
     factors = [None if r is None else float(_uniform(r[0], r[1], generator)) for r in ranges]
     y = x.float()
