@@ -2,8 +2,6 @@
 DDIM sampler and the latent scale. Everything random comes from one seeded CPU generator (`ldm.rng`), so
 a seed gives the same noise on every device.
 """
-import torch
-
 from . import rng
 from .ddim import DDIM
 from .denoiser import Denoiser

@@ -1,7 +1,7 @@
 """Placement of source images in the frame, and keypoints carried through the same transform."""
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from ldm.errors import UserError
 from ldm.images import Placement, fit, frame_size, placement
