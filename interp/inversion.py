@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from ldm import rng, safetensors_io
 from ldm.ddim import DDIM
+from ldm.denoiser import Denoiser
 from ldm.safetensors_io import SafetensorsFile
 
 from .augment import augment
@@ -35,8 +36,7 @@ def denoising_loss(sd, sampler: DDIM, z0, index: int, noise, cond, uncond, guida
     """|| guided eps prediction at z_t - eps ||^2 for one image at DDIM step `index` (z0 [1,4,h,w])."""
     t = int(sampler.timesteps[index])
     zt = sd.schedule.q_sample(z0, t, noise)
-    out_u, out_c = sd.unet(torch.cat([zt, zt]).to(sd.dtype), torch.tensor([t, t], device=zt.device),
-                           torch.cat([uncond, cond]).to(sd.dtype)).float().chunk(2)
+    out_u, out_c = Denoiser(sd.unet)(torch.cat([zt, zt]), t, torch.cat([uncond, cond])).float().chunk(2)
     eps, _ = sampler.eps_and_x0(out_u + guidance * (out_c - out_u), zt, index)
     return F.mse_loss(eps, noise.float())
 

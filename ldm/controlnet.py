@@ -41,12 +41,11 @@ class ControlNet(Encoder):
     def forward(self, x, hint, t, context, strength=1.0):
         """13 residuals for `unet(..., control=)`: one per input block, then the middle block's.
 
-        hint [B or 1, 3, 8h, 8w] in [0, 1]; `strength` (a float or one value per sample) scales them all.
+        Inputs as for the UNet, and hint [B or 1, 3, 8h, 8w] in [0, 1] in x's dtype; `strength` (a float or
+        one value per sample) scales them all.
         """
-        t = torch.as_tensor(t, device=x.device).reshape(-1).expand(x.shape[0])
         emb = self.embed_time(t, x.dtype)
-        context = context.to(x.dtype)
-        guided_hint = self.input_hint_block(hint.to(x.dtype).expand(x.shape[0], -1, -1, -1), emb, context)
+        guided_hint = self.input_hint_block(hint.expand(x.shape[0], -1, -1, -1), emb, context)
         h, outs = x, []
         for i, (block, zero_conv) in enumerate(zip(self.input_blocks, self.zero_convs)):
             h = block(h, emb, context)

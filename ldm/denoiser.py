@@ -1,6 +1,8 @@
 """The network the sampler calls: the UNet, optionally steered by a ControlNet.
 
-`Denoiser(unet, controlnet, hint, strength)(x, t, context)` returns the UNet output. The hint (and a
+`Denoiser(unet, controlnet, hint, strength)(x, t, context)` returns the UNet output. It is the one place
+where a caller's inputs take the networks' form: x, context and hint in the weights' dtype, t (a number or
+one per sample) as one timestep per sample on x's device. The hint (and a
 per-sample strength) is given once per sample; when the sampler stacks [uncond; cond] for guidance,
 the batch is a multiple of that and the hint is repeated to match, so both halves see the same pose
 (as ControlNet's own sampling does). `max_batch` bounds the batch of one network call (memory);
@@ -33,7 +35,7 @@ class Denoiser:
         t = torch.as_tensor(t, device=x.device).reshape(-1).expand(x.shape[0])
         hint = strength = None
         if self.controlnet is not None and self.hint is not None:
-            hint = _repeat_to(self.hint.to(x.device), x.shape[0])
+            hint = _repeat_to(self.hint.to(x.device, self.dtype), x.shape[0])
             strength = _repeat_to(torch.as_tensor(self.strength, dtype=torch.float32).reshape(-1), x.shape[0])
         return in_batches(self._run, self.max_batch, x, t, context, hint, strength)
 

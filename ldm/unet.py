@@ -81,15 +81,14 @@ class UNetModel(Encoder):
         return block(h, emb, context)
 
     def forward(self, x, t, context, control=None):
-        """Predict eps or v for latents x [B,4,h,w] at timesteps t [B] given text context [B,77,C].
+        """Predict eps or v for latents x [B,4,h,w] at timesteps t [B] given text context [B,77,C] in x's dtype
+        (as the reference; `ldm.denoiser.Denoiser` brings a sampler's inputs to this form).
 
         `control` is the ControlNet's list of 13 residuals (12 input skips, then the middle block's);
         as in ControlNet's ControlledUnetModel they are consumed from the end: the middle residual is
         added after the middle block, and output block i adds residual 11-i to its skip.
         """
-        t = torch.as_tensor(t, device=x.device).reshape(-1).expand(x.shape[0])
         emb = self.embed_time(t, x.dtype)
-        context = context.to(x.dtype)
         control = None if control is None else list(control)
         h, skips = x, []
         for block in self.input_blocks:
