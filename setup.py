@@ -5,7 +5,7 @@ setup(
     version="0.1.0",
     description="Interpolating between images with diffusion models (Wang & Golland 2023) in pure PyTorch: "
                 "hand-written SD 2.1, ControlNet, OpenCLIP, DDIM and OpenPose",
-    packages=find_packages(include=["ldm", "interp", "pose"]),
+    packages=find_packages(include=["ldm", "ldm.*", "interp", "pose"]),
     package_data={"ldm": ["data/bpe_simple_vocab_16e6.txt.gz"]},
     python_requires=">=3.10",
     install_requires=[

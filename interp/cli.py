@@ -20,7 +20,7 @@ from PIL import Image
 
 from ldm import weights
 from ldm.accel import compile_model
-from ldm.runtime import check_device, load_model, progress, resolve_dtype, run
+from ldm.runtime import COMPILED_BATCH, check_device, load_model, progress, resolve_dtype, run
 from ldm.images import frame_size, open_image, parse_size, placement, to_tensor
 from ldm.errors import UserError
 from ldm.pipeline import img2img
@@ -126,7 +126,7 @@ def interpolate(s: Settings) -> RunDir:
     t_inversion = time.perf_counter() - t0
 
     interp = Interpolator(sd, plan, text, s.cfg, s.eta, s.seed, controlnet, poses, tuple(s.control_strength), s.warp,
-                          scorer, s.max_batch)
+                          scorer, s.max_batch or (COMPILED_BATCH if s.compile else None), fixed_batch=s.compile)
     # Frames 0 and N are the inputs themselves; frames of an interrupted run are picked up.
     z = sd.encode_images(x)
     latents = {0: z[:1], plan.n: z[1:]}

@@ -20,7 +20,8 @@ from .warp import warp_latent
 
 class Interpolator:
     def __init__(self, sd, plan, text, guidance: float = 7.5, eta: float = 0.0, seed: int = 0, controlnet=None,
-                 poses=None, strength=(1.0, 1.5), warp=None, scorer=None, max_batch: int = None):
+                 poses=None, strength=(1.0, 1.5), warp=None, scorer=None, max_batch: int = None,
+                 fixed_batch: bool = False):
         if any(k > 1 for k in plan.candidates) and scorer is None:
             raise UserError("several candidates per frame need a scorer to rank them (e.g. CLIP): give --clip or --candidates 1")
         if warp is not None and not plan.scheme.warps:
@@ -30,7 +31,7 @@ class Interpolator:
         self.sampler = DDIM(sd.schedule, sd.config.prediction, plan.steps, eta)
         self.controlnet = controlnet if poses else None
         self.poses, self.strength, self.warp = poses, strength, warp
-        self.scorer, self.max_batch = scorer, max_batch
+        self.scorer, self.max_batch, self.fixed_batch = scorer, max_batch, fixed_batch
         self.round_of = {f.index: r for r, frames in enumerate(plan.rounds) for f in frames}
         self.unet_calls = 0
         self.latents = self.on_frame = self.on_candidates = self.progress = None
@@ -54,7 +55,7 @@ class Interpolator:
         if self.controlnet is not None:
             hint = self.poses.hints(positions)
             strength = control_strength(positions, *self.strength)
-        model = Denoiser(self.sd.unet, self.controlnet, hint, strength, self.max_batch)
+        model = Denoiser(self.sd.unet, self.controlnet, hint, strength, self.max_batch, pad=self.fixed_batch)
         generators, seen = [], Counter()  # one per (frame, candidate), for the noise of eta > 0
         for i in indices:
             generators.append(rng.generator(self.seed, "eta", i, seen[i], start))

@@ -6,17 +6,28 @@ one per sample) as one timestep per sample on x's device. The hint (and a
 per-sample strength) is given once per sample; when the sampler stacks [uncond; cond] for guidance,
 the batch is a multiple of that and the hint is repeated to match, so both halves see the same pose
 (as ControlNet's own sampling does). `max_batch` bounds the batch of one network call (memory);
-larger batches are split.
+larger batches are split, and with `pad` every call has exactly `max_batch` rows (for compiled networks).
 """
 import torch
 
 
-def in_batches(fn, max_batch: int, *tensors):
+def in_batches(fn, max_batch: int, *tensors, pad: bool = False):
     """`fn` over consecutive slices of at most `max_batch` rows of `tensors` (None stays None), the outputs
-    concatenated: what bounds the memory of one network call. `max_batch` None: one call."""
+    concatenated: what bounds the memory of one network call. `max_batch` None: one call.
+
+    With `pad`, a short slice is filled up to `max_batch` rows with copies of its last row (their outputs
+    dropped), so that every call has the same shape and a compiled network compiles once.
+    """
     n = tensors[0].shape[0]
     step = max_batch or n
-    return torch.cat([fn(*(None if t is None else t[i:i + step] for t in tensors)) for i in range(0, n, step)])
+    outs = []
+    for i in range(0, n, step):
+        part = [None if t is None else t[i:i + step] for t in tensors]
+        rows = part[0].shape[0]
+        if pad and rows < step:
+            part = [None if t is None else torch.cat([t, t[-1:].expand(step - rows, *t.shape[1:])]) for t in part]
+        outs.append(fn(*part)[:rows])
+    return torch.cat(outs)
 
 
 def _repeat_to(t, batch: int):
@@ -24,9 +35,9 @@ def _repeat_to(t, batch: int):
 
 
 class Denoiser:
-    def __init__(self, unet, controlnet=None, hint=None, strength=1.0, max_batch: int = None):
+    def __init__(self, unet, controlnet=None, hint=None, strength=1.0, max_batch: int = None, pad: bool = False):
         self.unet, self.controlnet, self.hint, self.strength = unet, controlnet, hint, strength
-        self.max_batch = max_batch
+        self.max_batch, self.pad = max_batch, pad
         self.dtype = next(unet.parameters()).dtype
         self.calls = 0  # UNet evaluations (one per batch), for run logs
 
@@ -37,7 +48,7 @@ class Denoiser:
         if self.controlnet is not None and self.hint is not None:
             hint = _repeat_to(self.hint.to(x.device, self.dtype), x.shape[0])
             strength = _repeat_to(torch.as_tensor(self.strength, dtype=torch.float32).reshape(-1), x.shape[0])
-        return in_batches(self._run, self.max_batch, x, t, context, hint, strength)
+        return in_batches(self._run, self.max_batch, x, t, context, hint, strength, pad=self.pad)
 
     def _run(self, x, t, context, hint, strength):
         control = None if hint is None else self.controlnet(x, hint, t, context, strength=strength)

@@ -14,6 +14,9 @@ from .weights import resolve
 DEFAULT_MODEL = "sd21-512-base"
 
 
+COMPILED_BATCH = 4  # rows of each call to a compiled UNet whose batch would vary (2 frames with guidance)
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """Options every command that loads SD takes."""
     p.add_argument("--ckpt", default=DEFAULT_MODEL,
@@ -25,7 +28,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="float32, float16, bfloat16, or auto: float16 on CUDA, bfloat16 on CPUs with native "
                         "bfloat16 (AVX512-BF16 or AMX), else float32")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the UNet (and ControlNet): faster steps on GPUs after a slow first one")
+                   help="torch.compile the UNet (and ControlNet): faster steps on GPUs after a slow first one; "
+                        f"interpolations then call it with a fixed batch (--max-batch, default {COMPILED_BATCH}) "
+                        "so that it compiles once")
 
 
 def check_device(name: str) -> torch.device:

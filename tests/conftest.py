@@ -15,6 +15,16 @@ sys.path.insert(0, str(ROOT / "tools"))
 import make_fixture_weights  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def accel_cache(tmp_path_factory):
+    """The acceleration layer's per-machine verdicts go to a temporary folder, not the user's cache."""
+    from ldm.accel import machine
+    path = tmp_path_factory.mktemp("accel") / "accel-paths.json"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(machine, "cache_file", lambda: path)
+        yield path
+
+
 @pytest.fixture(scope="session")
 def cases():
     """Inputs and reference outputs computed with the original SD 2.1 / ControlNet code."""

@@ -34,3 +34,15 @@ def test_no_command_imports_another():
     assert not any(m in ("ldm.cli", "interp.cli") for m in modules(ROOT / "pose" / "cli.py"))
     for path in (ROOT / "interp").glob("*.py"):
         assert "ldm.cli" not in modules(path), path.name
+
+
+MODEL_FILES = ("blocks.py", "unet.py", "vae.py", "controlnet.py", "transformer.py", "clip.py", "text.py", "attention.py")
+MACHINE_WORDS = ("device.type", "cpu_flags", "is_compiling", "cuda", "onednn", "mkl", "avx", "amx", "channels_last",
+                 "GFLOP", "page fault")
+
+
+def test_model_files_hold_the_architecture_only():
+    """No device tests, machine knowledge or performance figures in the model files: those live in ldm/accel/."""
+    for name in MODEL_FILES:
+        text = (ROOT / "ldm" / name).read_text().lower()
+        assert not [w for w in MACHINE_WORDS if w.lower() in text], name

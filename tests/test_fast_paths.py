@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from interp.slerp import slerp
 import ldm
 from ldm import accel, attention as attn
-from ldm.accel import ConvLinear, FoldedUpsample, RowSlicedFeedForward, SlicedConv2d, compile_model
+from ldm.accel import ConvLinear, CpuConv2d, FoldedUpsample, RowSlicedFeedForward, compile_model, machine
+from ldm.accel import modules as fast
 from ldm.blocks import FeedForward, SpatialTransformer, Upsample
 from ldm.denoiser import Denoiser
 
@@ -60,6 +61,24 @@ def test_split_batches_match_one_batch(tiny_sd, tiny_controlnet, cases):
         torch.testing.assert_close(tiny_sd.decode_latents(z, max_batch=2), tiny_sd.decode_latents(z), atol=1e-5, rtol=1e-5)
 
 
+def test_padded_batches_have_one_shape_and_the_same_result(tiny_sd, tiny_controlnet, cases):
+    """pad=True (what a compiled UNet gets): every call has exactly max_batch rows, the result is unchanged."""
+    x = torch.cat([cases["unet_x"]] * 3)[:5]
+    t = torch.tensor([10, 980, 500, 40, 700])
+    ctx = torch.cat([cases["unet_context"]] * 3)[:5]
+    hint, strength = cases["cn_hint"][:1], torch.tensor([1.0, 1.5, 0.5, 1.0, 2.0])
+    whole = Denoiser(tiny_sd.unet, tiny_controlnet, hint, strength)
+    padded = Denoiser(tiny_sd.unet, tiny_controlnet, hint, strength, max_batch=4, pad=True)
+    rows = []
+    hook = tiny_sd.unet.register_forward_pre_hook(lambda m, args: rows.append(args[0].shape[0]))
+    try:
+        with torch.no_grad():
+            torch.testing.assert_close(padded(x, t, ctx), whole(x, t, ctx), atol=1e-5, rtol=1e-5)
+    finally:
+        hook.remove()
+    assert rows == [4, 4, 5]  # the padded calls (4 + 1 filled up to 4), then the whole batch
+
+
 def plain_upsample(module, x):
     return module.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
@@ -73,7 +92,7 @@ def swapped(module, cls, **state):
 
 
 def Conv2d(*args, **kwargs):
-    return swapped(torch.nn.Conv2d(*args, **kwargs), SlicedConv2d)
+    return swapped(torch.nn.Conv2d(*args, **kwargs), CpuConv2d, slice_weights=True)
 
 
 def Linear(*args, **kwargs):
@@ -84,35 +103,106 @@ def folded(channels):
     return swapped(Upsample(channels), FoldedUpsample, _kernels=None)
 
 
-@pytest.mark.parametrize("flags", [{"avx2"}, {"avx512f", "amx_bf16"}], ids=["avx2", "amx"])
+ALL_PATHS = dict.fromkeys(("linear_as_conv", "slice_convs", "slice_feedforward", "half_attention"), True)
+
+
+@pytest.mark.parametrize("won", [ALL_PATHS, dict.fromkeys(ALL_PATHS, False)], ids=["all-paths", "no-paths"])
 @pytest.mark.parametrize("name", ["unet", "vae", "text_encoder"])
 @torch.no_grad()
-def test_accelerated_models_match_the_plain_ones(monkeypatch, tiny_ckpt, cases, name, flags):
-    """Whatever CPU runs the suite, the paths of both CPU kinds are checked against the plain model."""
-    monkeypatch.setattr(accel, "cpu_flags", lambda: frozenset(flags))
-    fast, plain = (getattr(ldm.load_checkpoint(tiny_ckpt, fast=f), name) for f in (True, False))
-    assert fast.state_dict().keys() == plain.state_dict().keys()
+def test_accelerated_models_match_the_plain_ones(monkeypatch, tiny_ckpt, cases, name, won):
+    """Whatever the micro-benchmark finds on the CPU running the suite, every CPU path is checked against the
+    plain model."""
+    monkeypatch.setattr(accel, "measured_paths", lambda dtype: won)
+    fast_model, plain = (getattr(ldm.load_checkpoint(tiny_ckpt, fast=f), name) for f in (True, False))
+    assert fast_model.state_dict().keys() == plain.state_dict().keys()
     inputs = {"unet": (cases["unet_x"], cases["unet_t"], cases["unet_context"]), "text_encoder": (cases["text_tokens"],)}
     run = (lambda m: m.decode(cases["vae_dec_z"])) if name == "vae" else (lambda m: m(*inputs[name]))
-    torch.testing.assert_close(run(fast), run(plain), atol=1e-5, rtol=1e-5)
-    assert not any(type(m).__module__ == "ldm.accel" for m in plain.modules())
+    torch.testing.assert_close(run(fast_model), run(plain), atol=1e-5, rtol=1e-5)
+    assert not any(type(m).__module__.startswith("ldm.accel") for m in plain.modules())
     assert not any("attention" in m.__dict__ for m in plain.modules())
 
 
-def test_each_cpu_kind_gets_its_paths(monkeypatch):
-    for flags, oneDNN_tricks, kernel in ((set(), True, attn.sdpa_float32), ({"avx2"}, True, attn.sdpa_float32),
-                                         ({"avx512f", "avx512_bf16"}, True, attn.sdpa_float32),
-                                         ({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}, False, attn.sdpa)):
-        monkeypatch.setattr(accel, "cpu_flags", lambda: frozenset(flags))
-        p = accel.policy("cpu")
-        assert (p.slice_convs, p.linear_as_conv, p.slice_feedforward) == (oneDNN_tricks,) * 3, flags
-        assert p.attention is kernel and p.fold_upsample and p.vae_channels_last
-    cuda = accel.policy("cuda")
-    assert cuda.attention is attn.sdpa and not (cuda.slice_convs or cuda.linear_as_conv or cuda.vae_channels_last)
-    assert accel.policy("mps").attention is attn.sdpa_float32
+def test_cpu_paths_follow_the_measurement(monkeypatch):
+    monkeypatch.setattr(accel, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+    for won in (ALL_PATHS, {**ALL_PATHS, "slice_convs": False, "half_attention": False}):
+        monkeypatch.setattr(accel, "measured_paths", lambda dtype: won)
+        for dtype in (torch.float32, torch.bfloat16):
+            p = accel.policy("cpu", dtype)
+            assert (p.slice_convs, p.linear_as_conv, p.slice_feedforward) == (
+                won["slice_convs"], won["linear_as_conv"], won["slice_feedforward"])
+            half_kernel = dtype == torch.float32 or won["half_attention"]  # float32: the upcast is a no-op
+            assert p.attention is (fast.sdpa if half_kernel else fast.sdpa_float32)
+            assert p.check_bf16_convs == (dtype == torch.bfloat16) and p.fold_upsample and p.vae_channels_last
+    monkeypatch.setattr(accel, "cpu_flags", lambda: frozenset({"avx2"}))  # bfloat16 only emulated: nothing measured
+    monkeypatch.setattr(accel, "measured_paths", lambda dtype: pytest.fail("an emulated dtype is not measured"))
+    p = accel.policy("cpu", torch.bfloat16)
+    assert not (p.slice_convs or p.linear_as_conv or p.slice_feedforward) and p.attention is fast.sdpa_float32
+    cuda = accel.policy("cuda", torch.float16)
+    assert cuda.attention is fast.sdpa and not (cuda.slice_convs or cuda.linear_as_conv or cuda.vae_channels_last)
+    assert accel.policy("mps").attention is fast.sdpa_float32
 
 
-@pytest.mark.parametrize("kernel", [attn.sdpa, attn.sdpa_float32])
+def test_micro_benchmark_takes_a_path_only_where_it_wins(monkeypatch, tmp_path):
+    """A path is taken where the fast op's best time is at most MARGIN of the plain op's; the verdict is kept in
+    the per-machine cache and read back instead of measuring again, and a damaged cache is measured anew."""
+    monkeypatch.setattr(machine, "cache_file", lambda: tmp_path / "accel-paths.json")
+    timings = {"linear_as_conv": (1.0, 0.9), "slice_convs": (1.0, 0.99), "slice_feedforward": (1.0, 1.2),
+               "half_attention": (1.0, 0.5)}
+    calls = []
+    monkeypatch.setattr(machine, "trials", lambda dtype: {k: (lambda: None, lambda: None) for k in timings})
+
+    def fake_times(plain, faster):
+        name = list(timings)[len(calls) % len(timings)]
+        calls.append(name)
+        return timings[name]
+    monkeypatch.setattr(machine, "_best_times", fake_times)
+    machine._verdict.cache_clear()
+    try:
+        won = machine.measured_paths(torch.bfloat16)
+        assert won == {"linear_as_conv": True, "slice_convs": False, "slice_feedforward": False, "half_attention": True}
+        assert len(calls) == 4 and machine.cache_file().is_file()
+        machine._verdict.cache_clear()
+        assert machine.measured_paths(torch.bfloat16) == won and len(calls) == 4  # read from the cache
+        machine.cache_file().write_text("{not json")
+        machine._verdict.cache_clear()
+        assert machine.measured_paths(torch.bfloat16) == won and len(calls) == 8
+    finally:
+        machine._verdict.cache_clear()
+
+
+def test_micro_benchmark_times_the_real_ops():
+    """The trials run the plain and the fast op on the same inputs, and they agree."""
+    with torch.no_grad():
+        for name, (plain, faster) in machine.trials(torch.float32).items():
+            torch.testing.assert_close(faster(), plain(), atol=1e-4, rtol=1e-4, msg=name)
+
+
+def test_bf16_convs_of_a_wrong_kernel_run_in_float32(monkeypatch):
+    """Where torch's bf16 conv kernel is wrong for a shape (as on an AMX Xeon with torch 2.13), the checked
+    conv finds it and computes that shape in float32; other shapes keep the bf16 kernel."""
+    conv_fn = F.conv2d
+
+    def broken(x, w, b=None, stride=1, padding=0):  # a kernel that is wrong for bf16 inputs of width 2
+        out = conv_fn(x, w, b, stride, padding)
+        return out.fill_(float("nan")) if x.dtype == torch.bfloat16 and x.shape[-1] == 2 else out
+    monkeypatch.setattr(F, "conv2d", broken)
+    fast.bf16_conv_ok.cache_clear()
+    torch.manual_seed(0)
+    conv = swapped(torch.nn.Conv2d(8, 8, 3, stride=2, padding=1), CpuConv2d, check_bf16=True).bfloat16()
+    try:
+        with torch.no_grad():
+            for width in (2, 6):
+                x = torch.randn(1, 8, 16, width).bfloat16()
+                expected = conv_fn(x.float(), conv.weight.float(), conv.bias.float(), 2, 1)
+                torch.testing.assert_close(conv(x).float(), expected, atol=0.03, rtol=0.03)
+        assert fast.bf16_conv_ok.cache_info().currsize == 2
+        assert not fast.bf16_conv_ok((1, 8, 16, 2), False, (8, 8, 3, 3), (2, 2), (1, 1))
+        assert fast.bf16_conv_ok((1, 8, 16, 6), False, (8, 8, 3, 3), (2, 2), (1, 1))
+    finally:
+        fast.bf16_conv_ok.cache_clear()
+
+
+@pytest.mark.parametrize("kernel", [fast.sdpa, fast.sdpa_float32])
 def test_fused_attention_matches_the_reference_formula(kernel):
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 3, 10, 16) for _ in range(3))
@@ -150,8 +240,8 @@ def test_folded_upsample_gradients_match():
         x.grad = None
         (fn(x) ** 2).sum().backward()
         grads.append((x.grad.clone(), up.conv.weight.grad.clone()))
-    for fast, plain in zip(*grads):
-        torch.testing.assert_close(fast, plain, atol=1e-4, rtol=1e-5)
+    for folded_grad, plain_grad in zip(*grads):
+        torch.testing.assert_close(folded_grad, plain_grad, atol=1e-4, rtol=1e-5)
 
 
 def test_row_sliced_feedforward_matches_whole():
@@ -171,7 +261,7 @@ def test_sliced_conv_matches_whole(monkeypatch, layout, stride):
     torch.manual_seed(0)
     conv = Conv2d(16, 30, 3, stride=stride, padding=1)  # 17,280 bytes of weight: slices of 8, 8, 8 and 6
     x = torch.randn(2, 16, 5, 7).contiguous(memory_format=layout)  # 4,480 bytes
-    monkeypatch.setattr(accel, "SLICE_BYTES", 5000)
+    monkeypatch.setattr(fast, "SLICE_BYTES", 5000)
     calls, whole_conv = [], F.conv2d
     monkeypatch.setattr(F, "conv2d", lambda *a: calls.append(a[1].shape[0]) or whole_conv(*a))
     with torch.no_grad():
@@ -183,10 +273,10 @@ def test_sliced_conv_matches_whole(monkeypatch, layout, stride):
 
 
 def gradients_for_each(monkeypatch, setting: str, values, module, x):
-    """Gradients of sum(module(x)^2) for x and each parameter, once per value of `accel.<setting>`."""
+    """Gradients of sum(module(x)^2) for x and each parameter, once per value of `accel.modules.<setting>`."""
     runs = []
     for value in values:
-        monkeypatch.setattr(accel, setting, value)
+        monkeypatch.setattr(fast, setting, value)
         module.zero_grad()
         x.grad = None
         (module(x) ** 2).sum().backward()
@@ -198,18 +288,19 @@ def test_sliced_conv_gradients_match(monkeypatch):
     torch.manual_seed(0)
     x = torch.randn(2, 16, 5, 7, requires_grad=True)
     conv = Conv2d(16, 30, 3, padding=1)
-    sliced, whole = gradients_for_each(monkeypatch, "SLICE_BYTES", (5000, accel.SLICE_BYTES), conv, x)
+    sliced, whole = gradients_for_each(monkeypatch, "SLICE_BYTES", (5000, fast.SLICE_BYTES), conv, x)
     for a, b in zip(sliced, whole):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-def test_only_plain_convolutions_are_sliced():
+def test_only_plain_convolutions_are_sliced(monkeypatch):
+    monkeypatch.setattr(accel, "measured_paths", lambda dtype: ALL_PATHS)
     model = torch.nn.Sequential(*(torch.nn.Conv2d(4, 4, 3, padding=1, **o)
                                   for o in ({}, {"groups": 2}, {"dilation": 2}, {"padding_mode": "reflect"})))
     model.__class__ = type("Holder", (torch.nn.Sequential,), {})
     accel.accelerate(model, "cpu")
     kinds = [type(m) for m in model]
-    assert kinds[0] is (SlicedConv2d if accel.policy("cpu").slice_convs else torch.nn.Conv2d)
+    assert kinds[0] is CpuConv2d and model[0].slice_weights and not model[0].check_bf16
     assert kinds[1:] == [torch.nn.Conv2d] * 3
 
 
@@ -220,7 +311,7 @@ def test_linear_as_conv_matches_f_linear(monkeypatch, bias, transposed):
     torch.manual_seed(0)
     layer = Linear(24, 40, bias=bias).requires_grad_(False)
     x = torch.randn(2, 24, 35).transpose(1, 2) if transposed else torch.randn(2, 35, 24)  # 70 rows
-    monkeypatch.setattr(accel, "CONV_ROWS", 70)
+    monkeypatch.setattr(fast, "CONV_ROWS", 70)
     calls, conv = [], F.conv2d
     monkeypatch.setattr(F, "conv2d", lambda *a: calls.append(a[0].shape) or conv(*a))
     out = layer(x)
@@ -232,7 +323,7 @@ def test_linear_as_conv_matches_f_linear(monkeypatch, bias, transposed):
 
 def test_linear_below_conv_rows_is_f_linear(monkeypatch):
     layer = Linear(8, 8)
-    monkeypatch.setattr(accel, "CONV_ROWS", 71)
+    monkeypatch.setattr(fast, "CONV_ROWS", 71)
     monkeypatch.setattr(F, "conv2d", lambda *a: pytest.fail("short inputs keep F.linear"))
     layer(torch.randn(70, 8))
 
@@ -240,7 +331,7 @@ def test_linear_below_conv_rows_is_f_linear(monkeypatch):
 def test_linear_as_conv_gradients_match(monkeypatch):
     torch.manual_seed(0)
     x = torch.randn(3, 30, 24, requires_grad=True)
-    as_conv, plain = gradients_for_each(monkeypatch, "CONV_ROWS", (1, accel.CONV_ROWS), Linear(24, 40), x)
+    as_conv, plain = gradients_for_each(monkeypatch, "CONV_ROWS", (1, fast.CONV_ROWS), Linear(24, 40), x)
     for a, b in zip(as_conv, plain):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5)
 
@@ -255,7 +346,7 @@ def test_unet_with_linear_as_conv_matches_reference(monkeypatch, tiny_sd, cases)
                     m.__class__ = ConvLinear
     with torch.no_grad():
         plain = tiny_sd.unet(cases["unet_x"], cases["unet_t"], cases["unet_context"])
-        monkeypatch.setattr(accel, "CONV_ROWS", 1)
+        monkeypatch.setattr(fast, "CONV_ROWS", 1)
         as_conv = unet(cases["unet_x"], cases["unet_t"], cases["unet_context"])
     torch.testing.assert_close(as_conv, plain, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(as_conv, cases["unet_out"], atol=1e-4, rtol=1e-4)

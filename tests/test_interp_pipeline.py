@@ -62,6 +62,20 @@ def run(it, latents):
     return result, made
 
 
+def test_a_fixed_batch_gives_every_unet_call_one_shape_and_the_same_frames(tiny_sd, text, latents):
+    """--compile: the rounds grow, but every UNet call has max_batch rows, so a compiled UNet compiles once."""
+    rows = []
+    hook = tiny_sd.unet.register_forward_pre_hook(lambda m, args: rows.append(args[0].shape[0]))
+    try:
+        fixed, _ = run(interpolator(tiny_sd, text, frames=9, max_batch=4, fixed_batch=True), {0: latents[0], 8: latents[4]})
+    finally:
+        hook.remove()
+    free, _ = run(interpolator(tiny_sd, text, frames=9), {0: latents[0], 8: latents[4]})
+    assert set(rows) == {4} and len(rows) > 10
+    for i in free:
+        torch.testing.assert_close(fixed[i], free[i], atol=1e-4, rtol=1e-4)
+
+
 def test_default_plan_for_17_frames():
     plan = scheme("ours").plan(17)
     assert [l.timestep for l in plan.levels] == [551, 466, 381, 301]

@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Benchmark the model zoo on this machine (not a test): UNet step time per resolution, batch, dtype and
 compile mode, VAE decode, a short interpolation, peak RSS, FLOPs per call and the achieved fraction of the
-best matrix throughput measurable here. Optionally times diffusers' UNet2DConditionModel with the same
-SD 2.1 configuration and the same weights side by side, interleaved, in the same process (compiled as well
-in the compiled rows).
+best matrix throughput measurable here. Optionally times peers with the same SD 2.1 configuration and the
+same weights side by side, interleaved, in the same process: diffusers' UNet2DConditionModel (compiled as
+well in the compiled rows) and OpenVINO's conversion of that same diffusers UNet (`--peer openvino`, which
+needs diffusers too). Neither is a dependency of the package: install them in a throwaway environment.
 
     python tools/bench.py                                  # CPU defaults: 512 px, batch 2, fp32 and bf16
-    python tools/bench.py --peer diffusers --json bench.json
+    python tools/bench.py --peer diffusers openvino --json bench.json
     python tools/bench.py --device cuda --dtypes bfloat16 float16 --sizes 512 768 --batch 16 --compile both
     python tools/bench.py --parts interp --ckpt sd21.safetensors --dtypes bfloat16 --interp-frames 17
 
@@ -15,6 +16,7 @@ depend on the values.
 """
 import argparse
 import copy
+import dataclasses
 import json
 import platform
 import resource
@@ -30,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ldm.checkpoint import parse_dtype  # noqa: E402
 from ldm import accel  # noqa: E402
-from ldm.accel import accelerate, compile_model  # noqa: E402
+from ldm.accel import accelerate, compile_model, cpu_model  # noqa: E402
 from ldm.config import ModelConfig  # noqa: E402
 from ldm.unet import UNetModel  # noqa: E402
 from ldm.vae import AutoencoderKL  # noqa: E402
@@ -41,17 +43,11 @@ SPEED_FLAGS = {"avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_v
                "amx_int8", "amx_fp16"}
 
 
-def cpu_model() -> str:
-    """The CPU's model name, family and model numbers (/proc/cpuinfo), for the benchmark's header."""
-    fields = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        return platform.processor()
-    return f"{fields.get('model name', '?')} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
+def paths(device, dtype) -> str:
+    """The acceleration layer's choice for `device` at `dtype`, in words."""
+    p = accel.policy(device, dtype)
+    taken = [f.name for f in dataclasses.fields(p) if getattr(p, f.name) is True]
+    return f"{str(dtype).removeprefix('torch.')}: attention {p.attention.__name__}, " + ", ".join(taken)
 
 
 def sync(device):
@@ -74,11 +70,14 @@ def timed(fn, device, repeats: int) -> list:
     return [once(fn, device) for _ in range(repeats)]
 
 
-def interleaved(fns: list, device, repeats: int) -> list:
+def interleaved(fns: list, device, repeats: int, first: list = None) -> list:
     """Per function, the wall seconds of `repeats` calls, alternating between the functions (after
-    one warm-up call each) so that all of them see the same machine state."""
+    one warm-up call each, whose seconds go to `first` if given) so that all of them see the same
+    machine state."""
     for fn in fns:
-        fn()
+        seconds = once(fn, device)
+        if first is not None:
+            first.append(seconds)
     times = [[] for _ in fns]
     for _ in range(repeats):
         for fn, out in zip(fns, times):
@@ -155,26 +154,64 @@ def diffusers_peer(unet: UNetModel):
     return peer.requires_grad_(False).eval(), "same weights (converted with diffusers' own converter)"
 
 
+class PeerUNet(torch.nn.Module):
+    """The diffusers UNet called like ours, returning a tensor (what OpenVINO's converter traces)."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x, t, context):
+        return self.unet(x, t, encoder_hidden_states=context, return_dict=False)[0]
+
+
+def openvino_peer(peer: PeerUNet, x, t, ctx, dtype):
+    """OpenVINO's conversion of the diffusers UNet, compiled for the CPU at `dtype` (OpenVINO's
+    inference-precision hint) with torch's thread count and a latency hint; a callable of (x, t, ctx)."""
+    import openvino
+    with torch.no_grad():
+        model = openvino.convert_model(peer.float(), example_input=(x.float(), t, ctx.float()))
+    precision = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}[dtype]
+    compiled = openvino.compile_model(model, "CPU", config={
+        "INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+        "PERFORMANCE_HINT": "LATENCY"})
+    inputs = [x.float().numpy(), t.numpy(), ctx.float().numpy()]
+    return lambda: compiled(inputs)[0]
+
+
 def bench_unet(args, device, results):
     unet = build_unet(args)
-    peer, peer_note = diffusers_peer(unet) if args.peer == "diffusers" else (None, None)
-    if peer_note:
+    peer = None
+    if {"diffusers", "openvino"} & set(args.peer):
+        peer, peer_note = diffusers_peer(unet)
         print(f"peer: {peer_note}")
+        peer = None if peer is None else PeerUNet(peer)
     for dtype_name in args.dtypes:
         dtype = parse_dtype(dtype_name)
+        print(f"paths at {paths(device, dtype)}")
         peak = matmul_peak(dtype, device)
         model = accelerate(unet.to(device, dtype), device)
-        other = peer.to(device, dtype) if peer is not None else None
         for size in args.sizes:
             x, t, ctx = unet_inputs(args.batch, size, dtype, device)
             flops = flops_of(model, lambda: model(x, t, ctx))
+            vino = None
+            if peer is not None and "openvino" in args.peer:
+                t0 = time.perf_counter()
+                vino = openvino_peer(peer, x, t, ctx, dtype)
+                print(f"openvino: converted and compiled in {time.perf_counter() - t0:.0f} s")
+            other = peer.to(device, dtype) if peer is not None and "diffusers" in args.peer else None
             for compiled in ([False, True] if args.compile == "both" else [args.compile == "on"]):
                 fn = compile_model(copy.deepcopy(model), device) if compiled else model
                 rival = torch.compile(other) if compiled and other is not None else other  # like for like
-                calls = [lambda: fn(x, t, ctx)] + ([lambda: rival(x, t, encoder_hidden_states=ctx)] if other else [])
+                calls = {"ours": lambda: fn(x, t, ctx)}
+                if other is not None:
+                    calls["diffusers"] = lambda: rival(x, t, ctx)
+                if vino is not None:
+                    calls["openvino"] = vino
+                first = []  # the first calls: compiling, in the compiled rows
                 with torch.no_grad():
-                    ours, *rest = interleaved(calls, device, args.repeats)
-                theirs = rest[0] if rest else []
+                    times = dict(zip(calls, interleaved(list(calls.values()), device, args.repeats, first)))
+                ours = times["ours"]
                 del fn, rival
                 if compiled:
                     torch._dynamo.reset()  # drop the compiled graphs and their frozen weights
@@ -182,9 +219,14 @@ def bench_unet(args, device, results):
                        "median_s": statistics.median(ours), "tflop_per_call": flops / 1e12,
                        "gflops": flops / statistics.median(ours) / 1e9, "peak_gflops": peak / 1e9,
                        "fraction_of_peak": flops / statistics.median(ours) / peak}
-                if theirs:
-                    row.update(diffusers_median_s=statistics.median(theirs),
-                               ratio=statistics.median(ours) / statistics.median(theirs))
+                if compiled:
+                    row["compile_s"] = first[0]
+                if "diffusers" in times:
+                    row.update(diffusers_median_s=statistics.median(times["diffusers"]),
+                               ratio=statistics.median(ours) / statistics.median(times["diffusers"]))
+                if "openvino" in times:
+                    row.update(openvino_median_s=statistics.median(times["openvino"]),
+                               ratio_openvino=statistics.median(ours) / statistics.median(times["openvino"]))
                 results.append(row)
                 print(row)
 
@@ -210,7 +252,7 @@ def bench_vae(args, device, results):
     with torch.device("meta"):
         vae = AutoencoderKL(ModelConfig().vae)
     vae = random_module(vae, "first_stage_model.")
-    peer = diffusers_vae_peer(vae) if args.peer == "diffusers" else None
+    peer = diffusers_vae_peer(vae) if "diffusers" in args.peer else None
     layouts = (torch.contiguous_format, torch.channels_last)
     for dtype_name in args.dtypes:
         dtype = parse_dtype(dtype_name)
@@ -269,7 +311,8 @@ COLUMNS = [  # (header, row key, width, format); a row without the key leaves th
     ("size", "size", 6, "d"), ("batch", "batch", 6, "d"), ("frames", "frames", 7, "d"), ("s/call", "median_s", 9, ".2f"),
     ("TFLOP", "tflop_per_call", 7, ".2f"), ("GFLOP/s", "gflops", 9, ".0f"), ("of peak", "fraction_of_peak", 8, ".0%"),
     ("diffusers", "diffusers_median_s", 11, ".2f"), ("ratio", "ratio", 7, ".2f"), ("vs NCHW", "ratio_vs_default", 8, ".2f"),
-    ("UNet calls", "unet_calls", 11, "d")]
+    ("openvino", "openvino_median_s", 10, ".2f"), ("ratio", "ratio_openvino", 7, ".2f"),
+    ("first call", "compile_s", 11, ".0f"), ("UNet calls", "unet_calls", 11, "d")]
 
 
 def print_table(results):
@@ -293,13 +336,14 @@ def main(argv=None):
     p.add_argument("--interp-frames", type=int, default=5)
     p.add_argument("--interp-steps", type=int, default=20, help="DDIM schedule length of the interpolation")
     p.add_argument("--interp-size", type=int, default=512)
-    p.add_argument("--peer", choices=["diffusers"], default=None)
+    p.add_argument("--peer", nargs="+", choices=["diffusers", "openvino"], default=[],
+                   help="time these beside ours (openvino: the UNet only, converted from the diffusers UNet)")
     p.add_argument("--ckpt", default=None, help="time a real checkpoint instead of random weights")
     p.add_argument("--json", default=None, help="also write the results here")
     a = p.parse_args(argv)
     device = torch.device(a.device)
     print(f"cpu: {cpu_model()}, flags: {' '.join(sorted(accel.cpu_flags() & SPEED_FLAGS)) or 'none of note'}; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads; paths: {accel.policy(device)}")
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     results = []
     if "unet" in a.parts:
         bench_unet(a, device, results)

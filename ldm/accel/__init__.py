@@ -1,0 +1,120 @@
+"""The acceleration layer: every speed path of the model zoo, applied to a loaded model in place.
+
+The model files (`blocks.py`, `unet.py`, `vae.py`, ...) hold the architecture only, written as the reference
+writes it. `accelerate(model)` then swaps the class of some modules for a subclass that computes the same
+function faster on the device in hand (same parameters, same `state_dict` keys; `modules.py`), puts a fused
+attention kernel where the reference formula was, and picks the memory layout. The loaders call it unless
+given `fast=False`; `tests/test_fast_paths.py` checks every path against the plain one.
+
+Which paths a device gets at a dtype is its `Policy`:
+
+* folded upsampling (nearest x2 + 3x3 conv as one 2x2 conv per output phase, 4/9 of the multiply-adds):
+  every device;
+* fused attention (torch's scaled_dot_product_attention). Its CPU and CUDA kernels accumulate q.k^T and the
+  softmax in float32 for half inputs, so SD 2.1's float32-softmax rule holds without an upcast of q, k, v.
+  CUDA runs the half kernel; other devices upcast; CPUs run half inputs through whichever of the two the
+  micro-benchmark found faster on them;
+* CPUs: large convolution weights in slices of output channels, long token projections as 1x1 convolutions
+  (oneDNN instead of MKL), the feed-forward in row slices, each where the one-time micro-benchmark of
+  `machine.py` found it faster than the plain op on this machine at this dtype (a half dtype the CPU only
+  emulates gets the plain ops);
+* CPUs, bfloat16: convolutions of a shape that torch's bf16 kernel gets wrong on this CPU run in float32;
+* CPUs: the VAE in channels-last layout;
+* the dtype of `--dtype auto` (`default_dtype`).
+
+BENCHMARKS.md holds the measurements behind these choices and the CPU each was made on.
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from ..blocks import FeedForward, SpatialTransformer, Upsample
+from ..vae import AutoencoderKL
+from .machine import cpu_flags, cpu_model, measured_paths, path_names
+from . import modules as fast
+from .modules import ConvLinear, CpuConv2d, FoldedUpsample, RowSlicedFeedForward
+
+__all__ = ["Policy", "policy", "default_dtype", "accelerate", "compile_model", "cpu_flags", "cpu_model",
+           "ConvLinear", "CpuConv2d", "FoldedUpsample", "RowSlicedFeedForward"]
+
+
+@dataclass(frozen=True)
+class Policy:
+    fold_upsample: bool = True
+    attention: object = fast.sdpa          # the kernel put in place of the reference formula
+    slice_convs: bool = False
+    check_bf16_convs: bool = False
+    linear_as_conv: bool = False
+    slice_feedforward: bool = False
+    vae_channels_last: bool = False
+
+
+def policy(device, dtype=torch.float32) -> Policy:
+    """The fast paths for `device` (a torch.device or its name) at `dtype`."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return Policy()
+    if device.type != "cpu":
+        return Policy(attention=fast.sdpa_float32)
+    # A dtype the CPU only emulates is slow whatever the path: the plain ops, and no time spent measuring.
+    won = measured_paths(dtype) if native(dtype) else dict.fromkeys(path_names(dtype), False)
+    half_kernel = dtype == torch.float32 or won.get("half_attention", False)
+    return Policy(attention=fast.sdpa if half_kernel else fast.sdpa_float32, slice_convs=won["slice_convs"],
+                  check_bf16_convs=dtype == torch.bfloat16, linear_as_conv=won["linear_as_conv"],
+                  slice_feedforward=won["slice_feedforward"], vae_channels_last=True)
+
+
+NATIVE = {torch.bfloat16: {"avx512_bf16", "amx_bf16"}, torch.float16: {"avx512_fp16", "amx_fp16"}}
+
+
+def native(dtype) -> bool:
+    """Whether this CPU computes `dtype` in hardware (float32 always; half types by their flags)."""
+    return dtype == torch.float32 or bool(NATIVE.get(dtype, set()) & cpu_flags())
+
+
+def default_dtype(device) -> torch.dtype:
+    """`--dtype auto`: float16 on CUDA, bfloat16 on CPUs with native bfloat16 (AVX512-BF16 or AMX), else float32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.float16
+    return torch.bfloat16 if device.type == "cpu" and native(torch.bfloat16) else torch.float32
+
+
+def plain_conv(m) -> bool:
+    """A convolution the CPU paths handle: no groups, dilation, padding mode or padding by name."""
+    return type(m) is nn.Conv2d and m.groups == 1 and m.dilation == (1, 1) and m.padding_mode == "zeros" \
+        and not isinstance(m.padding, str)
+
+
+def accelerate(model: nn.Module, device=None) -> nn.Module:
+    """Apply the fast paths of `device` (default: the model's own) at the model's dtype to `model` in place;
+    returns it."""
+    weight = next(model.parameters())
+    p = policy(device if device is not None else weight.device, weight.dtype)
+    projections = {id(m) for t in model.modules() if isinstance(t, SpatialTransformer)
+                   for m in t.modules() if type(m) is nn.Linear}
+    for m in model.modules():
+        if type(m) is Upsample and p.fold_upsample:
+            m.__class__, m._kernels = FoldedUpsample, None
+        elif type(m) is FeedForward and p.slice_feedforward:
+            m.__class__ = RowSlicedFeedForward
+        elif plain_conv(m) and (p.slice_convs or p.check_bf16_convs):
+            m.__class__, m.slice_weights, m.check_bf16 = CpuConv2d, p.slice_convs, p.check_bf16_convs
+        elif id(m) in projections and p.linear_as_conv:
+            m.__class__ = ConvLinear
+        if hasattr(type(m), "attention"):
+            m.attention = p.attention
+    if isinstance(model, AutoencoderKL) and p.vae_channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def compile_model(module, device, **options):
+    """torch.compile a network in place. On CPUs, inductor also freezes the weights of this network's
+    inference (no-grad) graphs, which prepacks them for oneDNN; graphs that need gradients (textual
+    inversion) are unaffected."""
+    if torch.device(device).type == "cpu":
+        options["options"] = {"freezing": True, **options.get("options", {})}
+    module.compile(**options)
+    return module

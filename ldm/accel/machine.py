@@ -1,0 +1,165 @@
+"""What the CPU in hand is and what wins on it, found out once and remembered.
+
+* `cpu_flags()`, `cpu_model()`: /proc/cpuinfo.
+* `measured_paths(dtype)`: a micro-benchmark of each CPU path of `ldm.accel.modules` against the plain op
+  it replaces, on shapes where the SD 2.1 UNet spends its time (about 8 s at float32 on a 2-core Zen 3,
+  once). A path is taken only where it is faster by a margin. The verdict is cached per machine (CPU
+  model and flags, torch version, thread count, dtype) in `$XDG_CACHE_HOME/sd-interp/accel-paths.json`,
+  so each kind of machine measures once.
+"""
+import copy
+import functools
+import hashlib
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .. import rng
+from ..blocks import FeedForward
+from ..files import atomic_path
+from . import modules as fast
+
+MARGIN = 0.97   # a fast path is taken where its best time is at most this fraction of the plain op's
+ROUNDS = 5
+VERSION = 1     # bumped when the trials change, so that older verdicts are measured again
+
+
+@functools.lru_cache(maxsize=1)
+def cpuinfo() -> dict:
+    """The first processor's fields of /proc/cpuinfo (empty elsewhere)."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, sep, value = line.partition(":")
+                if not sep:
+                    break
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return fields
+
+
+def cpu_flags() -> frozenset:
+    """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
+    return frozenset(cpuinfo().get("flags", "").split())
+
+
+def cpu_model() -> str:
+    """The CPU's model name with its family and model numbers."""
+    info = cpuinfo()
+    if not info:
+        return platform.processor() or platform.machine()
+    return f"{info.get('model name', '?')} (family {info.get('cpu family', '?')}, model {info.get('model', '?')})"
+
+
+def _best_times(plain, faster) -> tuple:
+    """Best seconds of ROUNDS calls of `plain()` and of `faster()`, called alternately after a warm-up call
+    each (the best, not the median: a shared machine only ever adds time)."""
+    times = ([], [])
+    for fn in (plain, faster):
+        fn()
+    for _ in range(ROUNDS):
+        for fn, out in zip((plain, faster), times):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+    return min(times[0]), min(times[1])
+
+
+def path_names(dtype) -> tuple:
+    """The CPU paths the micro-benchmark decides at `dtype`."""
+    return ("linear_as_conv", "slice_convs", "slice_feedforward") + (("half_attention",) if dtype != torch.float32 else ())
+
+
+def trials(dtype) -> dict:
+    """Per CPU path, (plain op, fast op) on shapes of the SD 2.1 UNet at 64x64 latents, batch 2."""
+    g = rng.generator(0)
+
+    def randn(*shape, scale=1.0):
+        return (rng.randn(shape, g) * scale).to(dtype)
+
+    tokens = randn(2, 4096, 320)  # the level-1 tokens (64x64 latents), and a level-4 ResBlock conv
+    image, weight = randn(2, 1280, 8, 8), randn(1280, 1280, 3, 3, scale=0.01)
+    # The projections of a level-1 and a level-2 transformer: q/k/v/out, GEGLU in (8x wide) and out.
+    inputs = {320: tokens, 640: randn(2, 1024, 640), 1280: randn(2, 4096, 1280), 2560: randn(2, 1024, 2560)}
+    projections = [randn(o, i, scale=0.05) for i, o in ((320, 320), (320, 2560), (1280, 320),
+                                                        (640, 640), (640, 5120), (2560, 640))]
+
+    def project(linear):
+        return [linear(inputs[w.shape[1]], w) for w in projections]
+
+    with torch.device("meta"):
+        ff = FeedForward(320)
+    ff = ff.to_empty(device="cpu").to(dtype).requires_grad_(False)
+    for p in ff.parameters():
+        p.copy_(randn(*p.shape, scale=0.05))
+    sliced_ff = copy.copy(ff)  # the same parameters, through the row-sliced forward
+    sliced_ff.__class__ = fast.RowSlicedFeedForward
+    out = {
+        "linear_as_conv": (lambda: project(F.linear), lambda: project(fast.linear)),
+        "slice_convs": (lambda: F.conv2d(image, weight, None, 1, 1), lambda: fast.conv2d(image, weight, None, 1, 1)),
+        "slice_feedforward": (lambda: ff(tokens[:1]), lambda: sliced_ff(tokens[:1])),
+    }
+    if dtype != torch.float32:  # a half kernel that accumulates in float32 against the upcast to float32
+        q, k, v = (randn(10, 4096, 64) for _ in range(3))
+        out["half_attention"] = (lambda: fast.sdpa_float32(q, k, v), lambda: fast.sdpa(q, k, v))
+    return out
+
+
+def cache_file() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sd-interp" / "accel-paths.json"
+
+
+def machine_key(dtype) -> str:
+    flags = hashlib.sha1(" ".join(sorted(cpu_flags())).encode()).hexdigest()[:12]
+    return f"v{VERSION} | {cpu_model()} | flags {flags} | torch {torch.__version__} | " \
+           f"{torch.get_num_threads()} threads | {str(dtype).removeprefix('torch.')}"
+
+
+def measure(dtype) -> dict:
+    """Per CPU path: the plain and the fast op's best seconds, and whether the path is taken."""
+    found = {}
+    with torch.no_grad():
+        for name, (plain, faster) in trials(dtype).items():
+            a, b = _best_times(plain, faster)
+            found[name] = {"plain_s": a, "fast_s": b, "use": b <= MARGIN * a}
+    return found
+
+
+def measured_paths(dtype) -> dict:
+    """Per CPU path, whether it is taken on this machine at `dtype`: `measure(dtype)`, from the cache file
+    when it holds this machine's verdict, else measured and stored there (a cache that cannot be read is
+    measured again, one that cannot be written is kept in memory only)."""
+    return _verdict(machine_key(dtype), dtype)
+
+
+def _read(path: Path) -> dict:
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+@functools.lru_cache(maxsize=None)
+def _verdict(key: str, dtype) -> dict:
+    path, names = cache_file(), path_names(dtype)
+    cache = _read(path)
+    try:
+        return {name: bool(cache[key][name]["use"]) for name in names}
+    except (KeyError, TypeError):
+        pass
+    cache[key] = measure(dtype)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            Path(tmp).write_text(json.dumps(cache, indent=1))
+    except OSError:
+        pass
+    return {name: cache[key][name]["use"] for name in names}
