@@ -5,8 +5,9 @@ setup(
     version="0.1.0",
     description="Interpolating between images with diffusion models (Wang & Golland 2023) in pure PyTorch: "
                 "hand-written SD 2.1, ControlNet, OpenCLIP, DDIM and OpenPose",
-    packages=find_packages(include=["ldm", "ldm.*", "interp", "pose"]),
-    package_data={"ldm": ["data/bpe_simple_vocab_16e6.txt.gz"]},
+    packages=find_packages(include=["ldm", "ldm.*", "interp", "pose"]) + ["ldm.catalog"],
+    package_dir={"ldm.catalog": "weights"},  # the catalog (weights/ is data) travels with the package
+    package_data={"ldm": ["data/bpe_simple_vocab_16e6.txt.gz"], "ldm.catalog": ["catalog.json"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.1",
@@ -20,7 +21,7 @@ setup(
         # open_clip's model zoo, for GPU stacks only: on a CPU torch it pulls a CUDA torchvision that
         # replaces torch. Nothing in this package imports it.
         "openclip": ["open-clip-torch"],
-        "test": ["pytest"],
+        "test": ["pytest", "wheel"],  # wheel: tests/test_install.py builds the package offline
     },
     entry_points={"console_scripts": [
         "txt2img = ldm.cli:txt2img_main",

@@ -1,8 +1,15 @@
-"""Writing files so that a crash never leaves a half-written file under its final name: everything is
-written to a temporary name beside the file and renamed into place. The temporary name of `dir/name.ext`
-is `dir/name.part.ext` (the extension stays, so that writers that pick a format by it still work)."""
+"""Where the project keeps files of its own (`user_cache`), and writing files so that a crash never leaves
+a half-written file under its final name: everything is written to a temporary name beside the file and
+renamed into place. The temporary name of `dir/name.ext` is `dir/name.part.ext` (the extension stays, so
+that writers that pick a format by it still work)."""
 import os
 from contextlib import contextmanager
+from pathlib import Path
+
+
+def user_cache() -> Path:
+    """This project's folder in the user's cache: $XDG_CACHE_HOME/sd-interp, else ~/.cache/sd-interp."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sd-interp"
 
 
 def part_path(path) -> str:

@@ -1,4 +1,5 @@
-"""The weights catalog (`weights/catalog.json`) and downloads into `weights/`.
+"""The weights catalog (`weights/catalog.json`, installed with the package as `ldm/catalog/catalog.json`)
+and downloads into the user's cache (`~/.cache/sd-interp/weights`, or `$SD_INTERP_WEIGHTS`).
 
 A catalog entry names a checkpoint the project knows: its Hugging Face mirrors, its file name, the
 pinned sha256 (where known) and facts the tensors cannot tell (prediction type, native image size).
@@ -11,13 +12,17 @@ import shutil
 from pathlib import Path
 
 from .errors import UserError
+from .files import user_cache
 
-CATALOG_PATH = Path(__file__).resolve().parent.parent / "weights" / "catalog.json"
+HERE = Path(__file__).resolve().parent
+# An installed package carries the catalog (setup.py maps weights/ to ldm/catalog/); a source tree has it in weights/.
+CATALOG_PATH = next((p for p in (HERE / "catalog" / "catalog.json", HERE.parent / "weights" / "catalog.json")
+                     if p.is_file()), HERE.parent / "weights" / "catalog.json")
 
 
 def weights_dir() -> Path:
-    """Where downloads go: $SD_INTERP_WEIGHTS, else the repository's `weights/` folder."""
-    return Path(os.environ.get("SD_INTERP_WEIGHTS", CATALOG_PATH.parent))
+    """Where downloads go: $SD_INTERP_WEIGHTS, else the user's cache (never the installed package)."""
+    return Path(os.environ.get("SD_INTERP_WEIGHTS") or user_cache() / "weights")
 
 
 def catalog() -> dict:

@@ -4,14 +4,13 @@
 * `measured_paths(dtype)`: a micro-benchmark of each CPU path of `ldm.accel.modules` against the plain op
   it replaces, on shapes where the SD 2.1 UNet spends its time (about 8 s at float32 on a 2-core Zen 3,
   once). A path is taken only where it is faster by a margin. The verdict is cached per machine (CPU
-  model and flags, torch version, thread count, dtype) in `$XDG_CACHE_HOME/sd-interp/accel-paths.json`,
+  model and flags, torch version, thread count, dtype) in `~/.cache/sd-interp/accel-paths.json`,
   so each kind of machine measures once.
 """
 import copy
 import functools
 import hashlib
 import json
-import os
 import platform
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch.nn.functional as F
 
 from .. import rng
 from ..blocks import FeedForward
-from ..files import atomic_path
+from ..files import atomic_path, user_cache
 from . import modules as fast
 
 MARGIN = 0.97   # a fast path is taken where its best time is at most this fraction of the plain op's
@@ -113,7 +112,7 @@ def trials(dtype) -> dict:
 
 
 def cache_file() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sd-interp" / "accel-paths.json"
+    return user_cache() / "accel-paths.json"
 
 
 def machine_key(dtype) -> str:
