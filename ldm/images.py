@@ -36,18 +36,28 @@ def _multiple_of_64(n: int) -> int:
     return max(64, n - n % 64)
 
 
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any Pillow mode as 8-bit RGB. Pillow's own convert clips wider grey levels to 0-255 (a 16-bit grey
+    image becomes nearly white), so integer grey images (I;16*, I) are scaled from 0-65535 and float ones
+    (F) from [0, 1], or read as 0-255 when they exceed 1. Transparency is composited onto white, not black;
+    other modes (CMYK, YCbCr, LAB, HSV, 1, P, L) take Pillow's conversion."""
+    if im.mode.startswith("I") or im.mode == "F":
+        grey = np.asarray(im, dtype=np.float64)
+        scale = 255 / 65535 if im.mode != "F" else (255 if grey.size and grey.max() <= 1 else 1)
+        im = Image.fromarray(np.clip(np.rint(grey * scale), 0, 255).astype(np.uint8))
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or im.info.get("transparency") is not None:
+        im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im.convert("RGBA"))
+    return im.convert("RGB")
+
+
 def open_image(path) -> Image.Image:
-    """The image at `path` as RGB; a clear error when it is missing or not an image."""
+    """The image at `path` as RGB (`to_rgb`); a clear error when it is missing or not an image."""
     if not os.path.isfile(path):
         raise UserError(f"image {path} does not exist")
     try:
         with Image.open(path) as im:
             im.load()
-            if im.mode in ("RGBA", "LA", "P"):  # composite transparency onto white, not black
-                im = im.convert("RGBA")
-                background = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                im = Image.alpha_composite(background, im)
-            return im.convert("RGB")
+            return to_rgb(im)
     except (UnidentifiedImageError, OSError) as e:
         raise UserError(f"cannot read image {path}: {e}") from None
 
