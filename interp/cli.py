@@ -102,7 +102,7 @@ def interpolate(s: Settings) -> RunDir:
     settings = {**s.record(), "size": list(size), "input_sha256": [_sha(im) for im in images],
                 "checkpoint": model_id, "prediction": sd.config.prediction, "dtype": str(sd.dtype)}
     out = RunDir(s.out, settings, resume=not s.overwrite)
-    out.record(scheme=scheme.name, ranks_candidates=scheme.ranks)
+    out.record(scheme=scheme.name, ranks_candidates=scheme.ranks, inputs=[s.image_a, s.image_b])
 
     controlnet = poses = scorer = None
     if controlnet_path:  # Section 4.3

@@ -209,7 +209,8 @@ class RunDir:
             raise ValueError(f"frame index {index!r} is not one of 0..{self.count - 1}")
 
     def _read_previous(self):
-        """The previous run.json when it belongs to a run with the same settings; None when there is none."""
+        """The previous run.json when it belongs to a run with the same settings; None when there is none,
+        or when it made nothing but the input frames (a run that failed early: its folder is reused)."""
         path = os.path.join(self.path, "run.json")
         if not os.path.isfile(path):
             return None
@@ -223,9 +224,11 @@ class RunDir:
             raise UserError(f"{path} is not a run.json of this program: use another --out or delete {self.path}")
         old, new = previous["settings"], self.settings
         if old != new:
+            if all(isinstance(f, dict) and f.get("input") for f in previous["frames"].values()):
+                return None
             keys = sorted(k for k in old.keys() | new.keys() if k not in old or k not in new or old[k] != new[k])
             raise UserError(f"{self.path} holds a run with different settings ({', '.join(keys[:5])}"
-                            f"{', ...' if len(keys) > 5 else ''}): use another --out or delete it")
+                            f"{', ...' if len(keys) > 5 else ''}): use another --out, or --overwrite to replace it")
         return previous
 
     def _parts(self) -> list:

@@ -103,6 +103,18 @@ def test_different_settings_are_refused(tmp_path):
     assert (d / "frames" / "frame_0000.png").is_file()  # nothing was deleted
 
 
+def test_a_run_that_made_no_frame_does_not_lock_its_folder(tmp_path):
+    """A run that failed before making a frame (only the inputs written) leaves a folder a corrected run
+    simply reuses; one frame made and the folder is kept for its own settings."""
+    d = tmp_path / "out"
+    RunDir(d, SETTINGS).save_frame(0, image(0), latent(0), {"input": True})
+    fixed = RunDir(d, dict(SETTINGS, prompt="a painting"))
+    assert run_json(d)["settings"]["prompt"] == "a painting" and not fixed.done(0)
+    fixed.save_frame(1, image(1), latent(1))
+    with pytest.raises(UserError, match="--overwrite"):
+        RunDir(d, SETTINGS)
+
+
 def test_resume_false_clears_previous_run(tmp_path):
     d = tmp_path / "out"
     run = RunDir(d, SETTINGS)

@@ -446,6 +446,20 @@ def test_command_runs_a_baseline(command, tmp_path, name):
     assert code == 2 and "no candidates to rank" in err
 
 
+def test_a_rerun_with_the_inputs_elsewhere_resumes(command, tmp_path, tiny_ckpt, capsys):
+    """A run's identity is its inputs' content, not how their paths were spelled."""
+    import shutil
+    assert command("run")[0] == 0
+    a, b = inputs(tmp_path)
+    moved = [shutil.copy(p, tmp_path / f"copy_{i}.png") for i, p in enumerate((a, b))]
+    code, err = run_cli([*moved, "--prompt", "a ball", "--ckpt", tiny_ckpt, "--frames", 5, "--steps", 10, "--eta", 0.3,
+                         "--size", SIZE, "--inversion-steps", 2, "--candidates", 1, "--no-pose",
+                         "--out", tmp_path / "run"], capsys)
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert code == 0, err
+    assert record["resumed"] and record["inputs"] == [str(p) for p in moved]
+
+
 def test_command_resumes_after_an_interruption(command, tmp_path, monkeypatch):
     from interp.output import RunDir
     assert command("full")[0] == 0
