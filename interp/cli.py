@@ -23,6 +23,7 @@ from ldm.accel import compile_model
 from ldm.runtime import COMPILED_BATCH, check_device, load_model, progress, resolve_dtype, run
 from ldm.images import frame_size, open_image, parse_size, placement, to_tensor
 from ldm.errors import UserError
+from ldm.files import check_writable
 from ldm.pipeline import img2img
 from pose.errors import PoseError
 
@@ -89,6 +90,9 @@ def interpolate(s: Settings) -> RunDir:
     scheme = find_scheme(s.scheme)
     plan = scheme.plan(s.frames, s.steps, **s.level_args(), schedule=s.schedule, candidates=s.candidates)
     raw = [open_image(path) for path in (s.image_a, s.image_b)]
+    check_writable(s.out, "--out", folder=True)
+    if scheme.denoises and s.inversion_steps > 0:
+        check_writable(inversion.cache_dir(), "inversion cache ($SD_INTERP_CACHE)", folder=True)
     # Every file is found (or downloaded) before anything slow runs.
     use_pose = s.pose and scheme.denoises
     controlnet_path = weights.resolve(s.controlnet, "controlnet") if use_pose else None

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from ldm import rng, safetensors_io
 from ldm.ddim import DDIM
 from ldm.denoiser import Denoiser
+from ldm.files import user_cache
 from ldm.safetensors_io import SafetensorsFile
 
 from .augment import augment
@@ -85,7 +86,8 @@ def cache_key(images: torch.Tensor, prompts: list, negative: str, model: dict, *
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("SD_INTERP_CACHE", Path.home() / ".cache" / "sd-interp")) / "inversion"
+    """Where inversion results are kept: $SD_INTERP_CACHE, else the user's cache."""
+    return Path(os.environ.get("SD_INTERP_CACHE") or user_cache()) / "inversion"
 
 
 def load_embeddings(path) -> tuple:

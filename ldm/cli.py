@@ -4,6 +4,7 @@ import argparse
 import time
 
 from .ddim import ddim_timesteps
+from .files import check_writable
 from .images import fit, open_image, parse_size, save_png
 from .pipeline import img2img, img2img_start, txt2img
 from .runtime import add_model_args, load_model, progress, run
@@ -27,6 +28,7 @@ def txt2img_main(argv=None):
 
     def body():
         size = parse_size(args.size) if args.size else None
+        check_writable(args.out, "--out")
         sd = load_model(args)
         t0 = time.perf_counter()
         image = txt2img(sd, args.prompt, args.negative, args.steps, args.cfg, args.seed, size, args.eta,
@@ -50,6 +52,7 @@ def img2img_main(argv=None):
     def body():
         image = fit(open_image(args.image), parse_size(args.size) if args.size else None)
         start = img2img_start(args.strength, len(ddim_timesteps(args.steps)))  # fail before loading the model
+        check_writable(args.out, "--out")
         sd = load_model(args)
         t0 = time.perf_counter()
         out = img2img(sd, image, args.prompt, args.negative, args.strength, args.steps, args.cfg, args.seed, args.eta,

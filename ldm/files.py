@@ -6,10 +6,25 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import UserError
+
 
 def user_cache() -> Path:
     """This project's folder in the user's cache: $XDG_CACHE_HOME/sd-interp, else ~/.cache/sd-interp."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sd-interp"
+
+
+def check_writable(path, option: str, folder: bool = False) -> None:
+    """A UserError naming `option` unless `path` (a file, or with `folder` a folder) can be written: its
+    folder is made and a probe file written and removed there. Commands call it before anything slow."""
+    where = Path(path) if folder else Path(path).parent
+    probe = where / f".write-probe-{os.getpid()}"
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot write to {where} ({e.strerror or e}): choose another {option}") from None
 
 
 def part_path(path) -> str:

@@ -78,6 +78,10 @@ def run(main, errors=(UserError,)):
     except errors as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except OSError as e:  # a file that could not be read or written after the checks (disk full, removed...)
+        print(f"error: {e.filename or 'a file'}: {e.strerror or e}: check the path, its permissions and the free "
+              "space, then run the command again", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
