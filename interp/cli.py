@@ -27,7 +27,7 @@ from ldm.files import check_writable
 from ldm.pipeline import img2img
 from pose.errors import PoseError
 
-from . import inversion
+from . import inversion, video
 from .conditioning import PoseConditioning, TextConditioning, read_keypoints
 from .interpolator import Interpolator
 from .output import RunDir
@@ -103,6 +103,7 @@ def interpolate(s: Settings) -> RunDir:
     placements = [placement(im.size, size, s.fit) for im in raw]
     images = [pl.image(im) for pl, im in zip(placements, raw)]
     size = images[0].size
+    notes.append("video: {2} ({1})".format(*video.codec(size)))  # a size no codec takes fails here, not at the end
     settings = {**s.record(), "size": list(size), "input_sha256": [_sha(im) for im in images],
                 "checkpoint": model_id, "prediction": sd.config.prediction, "dtype": str(sd.dtype)}
     out = RunDir(s.out, settings, resume=not s.overwrite)

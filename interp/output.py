@@ -7,7 +7,7 @@ Layout of a run directory DIR for F = N + 1 frames (names padded to at least 4 d
     DIR/latents/frame_0000.safetensors ...  the clean latent [1, 4, h, w] float32 of each frame (key "latent")
     DIR/candidates/frame_0005_c0.png ...    every ranked candidate of a frame, c0 first
     DIR/embeddings.safetensors              the text embeddings textual inversion fitted ("cond", "uncond")
-    DIR/video.mp4, animation.gif, contact_sheet.png   written by `finish`
+    DIR/video.webm (or .mp4), animation.gif, contact_sheet.png   written by `finish` (interp/video.py)
 
 run.json holds `settings` (as given, JSON-normalised), `status` ("running" or "complete"), `started`
 (and `resumed`, `finished`) timestamps, `frames` {"5": {"file", "latent", ...info}}, `candidates`
@@ -24,8 +24,6 @@ import math
 import os
 from datetime import datetime
 
-import cv2
-import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
@@ -34,14 +32,15 @@ from ldm.errors import UserError
 from ldm.files import atomic_path, part_path
 from ldm.images import save_png
 
+from . import video
 from .inversion import save_embeddings
 
-OUTPUTS = {"video": "video.mp4", "gif": "animation.gif", "contact_sheet": "contact_sheet.png"}
+OUTPUTS = {"gif": "animation.gif", "contact_sheet": "contact_sheet.png"}  # and the video (`video.codec`)
 SHEET_MAX_WIDTH = 4096  # contact-sheet thumbnails are shrunk to keep the sheet at most this wide
 SHEET_GAP = 4           # pixels between and around contact-sheet thumbnails
 EMBEDDINGS = "embeddings.safetensors"
 _RESERVED = {"settings", "status", "started", "resumed", "finished", "frames", "candidates", "outputs", "fps",
-             "embeddings"}
+             "embeddings", "video_codec"}
 
 
 def _default(obj):
@@ -180,8 +179,8 @@ class RunDir:
     # --- outputs ----------------------------------------------------------------------------
 
     def finish(self, fps: float = 8) -> dict:
-        """Write video.mp4, animation.gif and contact_sheet.png from all frames and mark the run
-        complete; returns the output paths. Refuses while any frame is missing."""
+        """Write the video, animation.gif and contact_sheet.png from all frames and mark the run complete;
+        returns the output paths. Refuses while any frame is missing."""
         missing = self.missing()
         if missing:
             shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
@@ -190,11 +189,13 @@ class RunDir:
         if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
             raise UserError(f"fps must be a positive number, got {fps!r}")
         frames = [self._open_frame(i) for i in range(self.count)]
-        paths = {key: os.path.join(self.path, name) for key, name in OUTPUTS.items()}
-        self._atomic(paths["video"], lambda tmp: _write_video(tmp, frames, fps))
+        fourcc, name, what = video.codec(frames[0].size)
+        outputs = {"video": name, **OUTPUTS}
+        paths = {key: os.path.join(self.path, file) for key, file in outputs.items()}
+        self._atomic(paths["video"], lambda tmp: video.write_video(tmp, fourcc, frames, fps))
         self._atomic(paths["gif"], lambda tmp: _write_gif(tmp, frames, fps))
         self._atomic(paths["contact_sheet"], lambda tmp: contact_sheet(frames).save(tmp, format="PNG"))
-        self.state.update(status="complete", finished=_now(), fps=fps, outputs=dict(OUTPUTS))
+        self.state.update(status="complete", finished=_now(), fps=fps, outputs=outputs, video_codec=what)
         self._save_state()
         return paths
 
@@ -235,7 +236,7 @@ class RunDir:
         """Temporary files a crash may have left (`name.part.ext`)."""
         d = glob.escape(self.path)
         parts = [p for sub in ("frames", "latents", "candidates") for p in glob.glob(os.path.join(d, sub, "*.part.*"))]
-        return parts + [part_path(os.path.join(self.path, name)) for name in ("run.json", EMBEDDINGS, *OUTPUTS.values())]
+        return parts + [part_path(os.path.join(self.path, name)) for name in ("run.json", EMBEDDINGS, *OUTPUTS.values(), *video.NAMES)]
 
     def _clear(self) -> None:
         """Delete the files of a previous run (only names of this layout)."""
@@ -243,7 +244,7 @@ class RunDir:
         patterns = [os.path.join(d, "frames", "frame_*.png"), os.path.join(d, "latents", "frame_*.safetensors"),
                     os.path.join(d, "candidates", "frame_*_c*.png"), os.path.join(d, "run.json"),
                     os.path.join(d, EMBEDDINGS)]
-        patterns += [os.path.join(d, name) for name in OUTPUTS.values()]
+        patterns += [os.path.join(d, name) for name in (*OUTPUTS.values(), *video.NAMES)]
         self._remove([p for pattern in patterns for p in glob.glob(pattern)] + self._parts())
 
     @staticmethod
@@ -266,21 +267,6 @@ def _write_json(path: str, state: dict) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(state, f, indent=2, default=_default)
         f.write("\n")
-
-
-def _write_video(path: str, frames: list, fps: float) -> None:
-    """An MPEG-4 part 2 video (fourcc mp4v), every frame at the size of the first."""
-    size = frames[0].size
-    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), float(fps), size)
-    if not writer.isOpened():
-        raise UserError(f"OpenCV cannot write {path} with the mp4v codec (is its FFmpeg backend missing?)")
-    try:
-        for im in frames:
-            writer.write(cv2.cvtColor(np.asarray(im if im.size == size else im.resize(size)), cv2.COLOR_RGB2BGR))
-    finally:
-        writer.release()
-    if not os.path.isfile(path) or os.path.getsize(path) == 0:
-        raise UserError(f"OpenCV wrote no video to {path}")
 
 
 def _write_gif(path: str, frames: list, fps: float) -> None:

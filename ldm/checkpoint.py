@@ -15,7 +15,7 @@ from . import weights
 from .accel import accelerate
 from .config import ModelConfig, parse_config, with_pipeline
 from .denoiser import in_batches
-from .errors import UserError
+from .errors import UserError, nan_advice
 from .safetensors_io import SafetensorsFile
 from .schedule import NoiseSchedule
 from .text import TextTransformer
@@ -162,8 +162,11 @@ class StableDiffusion:
     @torch.no_grad()
     def decode_latents(self, z: torch.Tensor, max_batch: int = None) -> torch.Tensor:
         """Scaled latents -> images [B,3,H,W] in about [-1,1], float32; at most `max_batch` latents per VAE call."""
-        return in_batches(lambda part: self.vae.decode((part / self.config.latent_scale).to(self.dtype)).float(),
-                          max_batch, z)
+        images = in_batches(lambda part: self.vae.decode((part / self.config.latent_scale).to(self.dtype)).float(),
+                            max_batch, z)
+        if not torch.isfinite(images).all():
+            raise UserError(f"the decoded image contains NaN/inf: {nan_advice(self.dtype)}")
+        return images
 
 
 def load_checkpoint(path, device="cpu", dtype=torch.float32, prediction=None, config=None,

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from . import rng
-from .errors import UserError
+from .errors import UserError, nan_advice
 from .schedule import NoiseSchedule
 
 
@@ -102,8 +102,8 @@ class DDIM:
                 out = model(x, t, cond)
             x, pred_x0 = self.step(out, x, index, generator)
             if not torch.isfinite(x).all():
-                raise UserError(f"the sampler produced NaN/inf at step {index} (t={int(t[0])}): with float16 "
-                                f"try --dtype bfloat16 or float32")
+                raise UserError(f"the sampler produced NaN/inf at step {index} (t={int(t[0])}): "
+                                f"{nan_advice(getattr(model, 'dtype', x.dtype))}")
             if callback is not None:
                 callback(i, index, int(t[0]), x, pred_x0)
         return x

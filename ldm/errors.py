@@ -7,3 +7,14 @@ Its message is a single line that says what is wrong and what to do. Commands pr
 
 class UserError(Exception):
     """A problem with the user's input or files, explained in one line."""
+
+
+def nan_advice(dtype) -> str:
+    """What to try when a network produced NaN/inf in `dtype`."""
+    name = str(dtype).removeprefix("torch.")
+    if name == "float16":
+        return "float16 overflows more easily: try --dtype bfloat16 or float32"
+    if name == "bfloat16":
+        return "try --dtype float32"
+    return (f"in {name} this points at the input, not the precision: check the images and the settings "
+            "(a --size far from the model's native size, an extreme --cfg)")

@@ -139,9 +139,7 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
 
 
 def to_pil(x: torch.Tensor) -> list:
-    """[B, 3, H, W] in [-1, 1] -> list of RGB PIL images (clamped, rounded)."""
-    if not torch.isfinite(x).all():
-        raise UserError("the decoded image contains NaN/inf: with float16 try --dtype bfloat16 or float32")
+    """[B, 3, H, W] in [-1, 1] (finite: `decode_latents` checks) -> list of RGB PIL images (clamped, rounded)."""
     a = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     return [Image.fromarray(im) for im in a]
 

@@ -1,4 +1,6 @@
 """Noise schedule and DDIM sampler against the reference `DDIMSampler` (tiny config, v-prediction, CFG 7.5)."""
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -122,8 +124,25 @@ def test_controlled_denoiser_batches_the_hint_for_guidance(tiny_sd, tiny_control
     assert model.calls == 2
 
 
-def test_nan_is_reported(tiny_sd, cases):
+@pytest.mark.parametrize("dtype,advice", [(torch.float16, "try --dtype bfloat16 or float32"),
+                                          (torch.bfloat16, "try --dtype float32"),
+                                          (torch.float32, "not the precision")])
+def test_nan_is_reported_with_advice_for_the_dtype(tiny_sd, cases, dtype, advice):
+    """The advice fits the dtype in use: never 'try bfloat16' to a run already in bfloat16."""
+    class Bad:
+        def __init__(self):
+            self.dtype = dtype
+
+        def __call__(self, x, t, c):
+            return torch.full_like(x, float("nan"))
     d = DDIM(tiny_sd.schedule, "v", 10)
-    bad = lambda x, t, c: torch.full_like(x, float("nan"))  # noqa: E731
-    with pytest.raises(UserError, match="NaN"):
-        d.sample(bad, cases["ddim_xT"], cases["ddim_cond"])
+    with pytest.raises(UserError, match="NaN") as e:
+        d.sample(Bad(), cases["ddim_xT"], cases["ddim_cond"])
+    assert advice in str(e.value) and (dtype != torch.bfloat16 or "bfloat16" not in str(e.value))
+    sd = copy.copy(tiny_sd)
+    sd.vae = copy.copy(tiny_sd.vae)
+    sd.vae.decode = lambda z: torch.full((z.shape[0], 3, 8, 8), float("nan"))
+    sd.unet = copy.deepcopy(tiny_sd.unet).to(dtype)  # what sd.dtype reads
+    with pytest.raises(UserError, match="decoded image contains NaN") as e:
+        sd.decode_latents(cases["vae_dec_z"])
+    assert advice in str(e.value)

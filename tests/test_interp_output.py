@@ -8,7 +8,9 @@ import pytest
 import torch
 from PIL import Image, ImageSequence
 
+from interp import video
 from interp.output import SHEET_GAP, RunDir
+from interp.video import NAMES as video_names, codec as video_codec
 from ldm.errors import UserError
 
 SETTINGS = {"frames": 5, "prompt": "a photo", "steps": 20, "guidance": 7.5, "size": (64, 48), "seed": 0}
@@ -177,10 +179,12 @@ def test_finish_writes_video_gif_and_sheet(tmp_path):
     paths = run.finish(fps=10)
     state = run_json(d)
     assert state["status"] == "complete" and state["finished"] and state["fps"] == 10
-    assert state["outputs"] == {"video": "video.mp4", "gif": "animation.gif", "contact_sheet": "contact_sheet.png"}
-    assert paths["video"] == os.path.join(d, "video.mp4")
+    name = state["outputs"]["video"]
+    assert state["outputs"] == {"video": name, "gif": "animation.gif", "contact_sheet": "contact_sheet.png"}
+    assert paths["video"] == os.path.join(d, name) and name in video_names
+    assert state["video_codec"] == video_codec((W, H))[2]
 
-    video = cv2.VideoCapture(str(d / "video.mp4"))
+    video = cv2.VideoCapture(str(d / name))
     assert video.isOpened() and video.get(cv2.CAP_PROP_FPS) == pytest.approx(10)
     frames = []
     while True:
@@ -190,7 +194,7 @@ def test_finish_writes_video_gif_and_sheet(tmp_path):
         frames.append(frame)
     video.release()
     assert len(frames) == 5 and frames[0].shape == (H, W, 3)
-    # mp4v is lossy; the solid colours survive closely (BGR order)
+    # the codecs are lossy; the solid colours survive closely (BGR order)
     assert abs(int(frames[4][H // 2, W // 2, 2]) - image(4).getpixel((0, 0))[0]) < 12
 
     with Image.open(d / "animation.gif") as gif:
@@ -219,7 +223,7 @@ def test_resume_after_complete_and_crash_leftovers(tmp_path):
     fill(run, 5)
     run.finish()
     (d / "frames" / "frame_0002.part.png").write_bytes(b"half")
-    (d / "video.part.mp4").write_bytes(b"half")
+    (d / "video.part.webm").write_bytes(b"half")
     resumed = RunDir(d, SETTINGS)
     assert run_json(d)["status"] == "running" and "finished" not in run_json(d)
     assert not [p for p in all_files(d) if ".part" in p]
@@ -241,3 +245,22 @@ def test_bad_inputs(tmp_path):
     assert "\n" not in str(e.value)
     run = RunDir(tmp_path / "c", dict(SETTINGS, frames=10001))
     assert run.frame_path(7).endswith("frame_00007.png")
+
+
+def test_the_video_codec_is_the_most_playable_one_opencv_writes(tmp_path):
+    """H.264, then VP9 and VP8 WebM (what opencv-python's wheels write), MPEG-4 part 2 only as the last resort."""
+    import numpy as np
+    black = np.zeros((48, 64, 3), np.uint8)
+    writable = [(c, n) for c, n, _ in video.CODECS if video._write(str(tmp_path / f"{c}-{n}"), c, [black], 8, (64, 48))]
+    assert video_codec((64, 48))[:2] == writable[0]
+
+
+def test_a_size_no_codec_takes_is_refused_in_one_line(monkeypatch):
+    monkeypatch.setattr(video, "CODECS", (("XXXX", "video.mp4", "none"),))
+    video.codec.cache_clear()
+    try:
+        with pytest.raises(UserError, match="cannot write a 64x48 video") as e:
+            video.codec((64, 48))
+        assert "\n" not in str(e.value) and "--size" in str(e.value)
+    finally:
+        video.codec.cache_clear()
