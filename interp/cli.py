@@ -21,7 +21,7 @@ from PIL import Image
 from ldm import weights
 from ldm.accel import compile_model
 from ldm.runtime import COMPILED_BATCH, check_device, load_model, progress, resolve_dtype, run
-from ldm.images import frame_size, open_image, parse_size, placement, to_tensor
+from ldm.images import frame_size, open_image, parse_size, placement, placement_warnings, to_tensor
 from ldm.errors import UserError
 from ldm.files import check_writable
 from ldm.pipeline import img2img
@@ -90,6 +90,7 @@ def interpolate(s: Settings) -> RunDir:
     scheme = find_scheme(s.scheme)
     plan = scheme.plan(s.frames, s.steps, **s.level_args(), schedule=s.schedule, candidates=s.candidates)
     raw = [open_image(path) for path in (s.image_a, s.image_b)]
+    requested = parse_size(s.size) if s.size else None
     check_writable(s.out, "--out", folder=True)
     if scheme.denoises and s.inversion_steps > 0:
         check_writable(inversion.cache_dir(), "inversion cache ($SD_INTERP_CACHE)", folder=True)
@@ -99,9 +100,12 @@ def interpolate(s: Settings) -> RunDir:
     clip_path = weights.resolve(s.clip, "clip") if any(k > 1 for k in plan.candidates) else None
     sd = load_model(s)
     model_id, notes = weights.fingerprint(sd.path), list(sd.notes)
-    size = parse_size(s.size) if s.size else frame_size(raw[0].size, sd.config.image_size)
+    size = requested or frame_size(raw[0].size, sd.config.image_size)
     placements = [placement(im.size, size, s.fit) for im in raw]
     images = [pl.image(im) for pl, im in zip(placements, raw)]
+    for name, im, pl in zip((s.image_a, s.image_b), raw, placements):
+        for warning in placement_warnings(name, im.size, pl):
+            print(f"warning: {warning}", file=sys.stderr)
     size = images[0].size
     notes.append("video: {2} ({1})".format(*video.codec(size)))  # a size no codec takes fails here, not at the end
     settings = {**s.record(), "size": list(size), "input_sha256": [_sha(im) for im in images],
@@ -139,6 +143,8 @@ def interpolate(s: Settings) -> RunDir:
         if not out.done(index):
             out.save_frame(index, image, latents[index], {"input": True, **interp.conditioning(index)})
     latents.update({i: out.load_latent(i).to(sd.device) for i in range(1, plan.n) if out.done(i)})
+    if len(latents) > 2:
+        print(f"resuming {s.out}: {len(latents)} of {plan.n + 1} frames done", file=sys.stderr)
 
     t0 = time.perf_counter()
     interp.run(latents, out.save_frame, out.save_candidates, progress=progress(interp.steps_to_run(latents), "frames"))
@@ -156,4 +162,5 @@ def interpolate(s: Settings) -> RunDir:
 
 def main(argv=None):
     settings = parse(argv)
-    run(lambda: interpolate(settings), errors=(UserError, PoseError))
+    run(lambda: interpolate(settings), errors=(UserError, PoseError),
+        interrupted=f"interrupted: run the same command again to resume ({settings.out} keeps the finished frames)")

@@ -9,7 +9,7 @@ import argparse
 import dataclasses
 from dataclasses import dataclass
 
-from ldm.runtime import add_model_args
+from ldm.runtime import Parser, add_model_args, number
 
 from .rank import NEGATIVE, POSITIVE
 from .schedules import SCHEDULES
@@ -39,6 +39,7 @@ class Settings:
     fit: str
     steps: int
     levels: tuple
+    round_levels: tuple
     cfg: float
     eta: float
     inversion_steps: int
@@ -68,11 +69,10 @@ class Settings:
     compile: bool
 
     def level_args(self) -> dict:
-        """'low,high' (increasing) -> a linear range; otherwise one level per round (ints are timesteps)."""
-        v = self.levels
-        if len(v) == 2 and v[0] < v[1]:
-            return {"low": v[0], "high": v[1]}
-        return {"levels": [int(x) if x >= 1 else x for x in v]}
+        """--round-levels: one level per round (whole numbers >= 1 are timesteps); else the --levels range."""
+        if self.round_levels is not None:
+            return {"levels": [int(x) if x >= 1 else x for x in self.round_levels]}
+        return {"low": self.levels[0], "high": self.levels[1]}
 
     def record(self) -> dict:
         """The settings the frames depend on, as run.json holds them."""
@@ -86,6 +86,24 @@ def _floats(text: str) -> tuple:
         return tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, not {text!r}") from None
+
+
+def _range(text: str) -> tuple:
+    """'LOW,HIGH' with 0 < LOW <= HIGH < 1 (per-round levels are --round-levels)."""
+    v = _floats(text)
+    if len(v) != 2 or not 0 < v[0] <= v[1] < 1:
+        raise argparse.ArgumentTypeError(f"--levels takes LOW,HIGH with 0 < LOW <= HIGH < 1, not {text!r} "
+                                         "(one level per round: --round-levels)")
+    return v
+
+
+def _strengths(text: str) -> tuple:
+    """ControlNet strengths 'AT_INPUTS,AT_MIDDLE', both >= 0."""
+    v = _floats(text)
+    if len(v) != 2 or min(v) < 0:
+        raise argparse.ArgumentTypeError(f"--control-strength takes two numbers >= 0 (at the inputs, at the middle), "
+                                         f"not {text!r}")
+    return v
 
 
 def _candidates(text: str):
@@ -130,7 +148,7 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="interpolate", formatter_class=_Help,
+    p = Parser(prog="interpolate", formatter_class=_Help,
                                 description="Interpolate between two images with Stable Diffusion 2.1 "
                                             "(Wang & Golland 2023).")
     p.add_argument("image_a")
@@ -150,29 +168,32 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--fit", choices=("resize", "crop"), default="resize",
                      help="how both images are brought to the frame size: resize the whole picture (as the authors), "
                           "or centre-crop to the frame's aspect ratio first")
-    run.add_argument("--seed", type=int, default=0, help="seed of every random draw")
-    run.add_argument("--fps", type=float, default=8.0, help="video speed")
-    run.add_argument("--max-batch", type=int, default=None, help="largest batch of one UNet or VAE call (memory)")
+    run.add_argument("--seed", type=number(int, 0), default=0, help="seed of every random draw")
+    run.add_argument("--fps", type=number(float, 0, low_open=True), default=8.0, help="video speed")
+    run.add_argument("--max-batch", type=number(int, 1), default=None, help="largest batch of one UNet or VAE call (memory)")
 
     method = p.add_argument_group("the method (Sections 4.1 and 5.1)")
     method.add_argument("--scheme", choices=[*SCHEMES, *ALIASES], default="ours",
                         help="ours, or a baseline of Table 1 (latent-blending = did)")
-    method.add_argument("--steps", type=int, default=None, help="DDIM schedule length (full: 200)")
-    method.add_argument("--levels", type=_floats, default=(0.30, 0.55),
-                        help="noise levels: 'low,high' fractions of the schedule, linear over the rounds (the paper's "
-                             "text gives 0.25,0.65 as the outer range), or one value per round, first round first "
-                             "(fractions or integer timesteps)")
-    method.add_argument("--cfg", type=float, default=7.5, help="classifier-free guidance scale")
-    method.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")
+    method.add_argument("--steps", type=number(int, 1, 1000), default=None, help="DDIM schedule length (full: 200)")
+    levels = method.add_mutually_exclusive_group()
+    levels.add_argument("--levels", type=_range, default=(0.30, 0.55),
+                        help="noise levels: LOW,HIGH fractions of the schedule, linear over the rounds (the paper's "
+                             "text gives 0.25,0.65 as the outer range)")
+    levels.add_argument("--round-levels", type=_floats, default=None,
+                        help="instead of --levels: one noise level per round of frames, first (noisiest) round first, "
+                             "as fractions of the schedule or integer timesteps, e.g. 0.6,0.45,0.35,0.3")
+    method.add_argument("--cfg", type=number(float, 0), default=7.5, help="classifier-free guidance scale")
+    method.add_argument("--eta", type=number(float, 0, 1), default=0.0, help="DDIM eta (0: deterministic)")
     method.add_argument("--schedule", type=_schedule, default="uniform",
                         help="interpolation schedule (Section 5.2): uniform, ease, or F comma-separated positions from 0 to 1")
     method.add_argument("--warp", type=_warp, default=None,
                         help="affine latent motion (Section 5.2), e.g. zoom=1.5,center=0.5:0.4,pan=0.1:0,rotate=10")
 
     text = p.add_argument_group("textual inversion (Section 4.2)")
-    text.add_argument("--inversion-steps", type=int, default=None, help="iterations, each updating both images' "
+    text.add_argument("--inversion-steps", type=number(int, 0), default=None, help="iterations, each updating both images' "
                       "embeddings and the shared negative (full: 200; 0: off)")
-    text.add_argument("--inversion-lr", type=float, default=1e-4, help="Adam learning rate")
+    text.add_argument("--inversion-lr", type=number(float, 0, low_open=True), default=1e-4, help="Adam learning rate")
 
     pose_group = p.add_argument_group("pose guidance (Section 4.3)")
     pose_group.add_argument("--pose", action=argparse.BooleanOptionalAction, default=True,
@@ -183,7 +204,7 @@ def parser() -> argparse.ArgumentParser:
                             help="match every person by position (default: each image's largest person)")
     pose_group.add_argument("--pose-model", nargs="+", default=None, help="OpenPose model files (default: catalog)")
     pose_group.add_argument("--controlnet", default="controlnet-sd21-openpose", help="OpenPose ControlNet: path or catalog name")
-    pose_group.add_argument("--control-strength", type=_floats, default=(1.0, 1.5),
+    pose_group.add_argument("--control-strength", type=_strengths, default=(1.0, 1.5),
                             help="ControlNet strength at the inputs and at the middle frame (linear ramp)")
 
     rank = p.add_argument_group("candidates and CLIP ranking (Section 4.4)")

@@ -7,21 +7,22 @@ from .ddim import ddim_timesteps
 from .files import check_writable
 from .images import fit, open_image, parse_size, save_png
 from .pipeline import img2img, img2img_start, txt2img
-from .runtime import add_model_args, load_model, progress, run
+from .runtime import Parser, add_model_args, load_model, number, progress, run
+
 
 def _sampling_args(p: argparse.ArgumentParser, steps: int = 200, cfg: float = 9.0) -> None:
     p.add_argument("--prompt", required=True)
     p.add_argument("--negative", default="", help="negative prompt (the unconditional side of guidance)")
-    p.add_argument("--steps", type=int, default=steps, help="DDIM schedule length")
-    p.add_argument("--cfg", type=float, default=cfg, help="classifier-free guidance scale")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=number(int, 1, 1000), default=steps, help="DDIM schedule length")
+    p.add_argument("--cfg", type=number(float, 0), default=cfg, help="classifier-free guidance scale")
+    p.add_argument("--eta", type=number(float, 0, 1), default=0.0, help="DDIM eta (0 = deterministic)")
+    p.add_argument("--seed", type=number(int, 0), default=0)
     p.add_argument("--out", required=True, help="output PNG")
     add_model_args(p)
 
 
 def txt2img_main(argv=None):
-    p = argparse.ArgumentParser(prog="txt2img", description="Generate an image from a prompt with SD 2.x (DDIM).")
+    p = Parser(prog="txt2img", description="Generate an image from a prompt with SD 2.x (DDIM).")
     _sampling_args(p)
     p.add_argument("--size", default=None, help="W or WxH, multiples of 64 (default: the model's native size)")
     args = p.parse_args(argv)
@@ -40,9 +41,9 @@ def txt2img_main(argv=None):
 
 
 def img2img_main(argv=None):
-    p = argparse.ArgumentParser(prog="img2img", description="Re-imagine an image with SD 2.x (DDIM from a noised latent).")
+    p = Parser(prog="img2img", description="Re-imagine an image with SD 2.x (DDIM from a noised latent).")
     p.add_argument("--image", required=True)
-    p.add_argument("--strength", type=float, default=0.5, help="fraction of the schedule to re-run (0, 1]")
+    p.add_argument("--strength", type=number(float, 0, 1, low_open=True), default=0.5, help="fraction of the schedule to re-run (0, 1]")
     _sampling_args(p)
     p.add_argument("--size", default=None,
                    help="W or WxH (default: the image's size rounded down to multiples of 64); "

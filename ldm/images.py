@@ -117,6 +117,26 @@ def placement(source_size, target_size, mode: str = "crop") -> Placement:
     return Placement((left, top, left + cw, top + ch), (tw, th))
 
 
+def placement_warnings(name: str, source_size, pl: Placement) -> list:
+    """What a placement does to a picture that a user would not expect: a large upscale (blur), a crop that
+    drops most of it, or a resize that squashes it. One line each; none for an ordinary placement."""
+    (left, top, right, bottom), (tw, th) = pl.box, pl.size
+    bw, bh = right - left, bottom - top
+    out = []
+    upscale = max(tw / bw, th / bh)
+    if upscale > 2:
+        out.append(f"{name} ({source_size[0]}x{source_size[1]}) is upscaled {upscale:.1f}x to {tw}x{th}: expect it blurry")
+    kept = bw * bh / (source_size[0] * source_size[1])
+    if kept < 0.5:
+        out.append(f"{name} is cropped to {round(bw)}x{round(bh)} of its {source_size[0]}x{source_size[1]} "
+                   f"({kept:.0%} of the picture) to fit {tw}x{th}: give --size with its aspect ratio to keep more")
+    stretch = (tw / th) / (bw / bh)
+    if not 1 / 1.5 <= stretch <= 1.5:
+        out.append(f"{name} is {'stretched' if stretch > 1 else 'squeezed'} {max(stretch, 1 / stretch):.1f}x "
+                   f"sideways to fit {tw}x{th}: --fit crop keeps its proportions")
+    return out
+
+
 def frame_size(source_size, native: int) -> tuple:
     """The default frame (W, H) for a source_size = (w, h) image: its aspect ratio with the long side
     `native` (rounded down to a multiple of 64) and the short side rounded to the nearest multiple of

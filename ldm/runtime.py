@@ -14,6 +14,28 @@ from .weights import resolve
 DEFAULT_MODEL = "sd21-512-base"
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad option as one `error:` line (exit 2) instead of the whole usage."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (`{self.prog} --help` lists the options)\n")
+
+
+def number(kind, low=None, high=None, low_open: bool = False):
+    """An argparse type: a `kind` (int or float) in [low, high] (low excluded with `low_open`)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, not {text!r}") from None
+        below = low is not None and (value <= low if low_open else value < low)
+        if below or (high is not None and value > high) or value != value:
+            bounds = f"{'>' if low_open else '>='} {low}" if high is None else f"from {low} to {high}"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, not {text}")
+        return value
+    return parse
+
+
 COMPILED_BATCH = 4  # rows of each call to a compiled UNet whose batch would vary (2 frames with guidance)
 
 
@@ -71,8 +93,9 @@ def progress(total: int, desc: str):
     return tick
 
 
-def run(main, errors=(UserError,)):
-    """Run a command body, turning `errors` (the problems a user can fix) into `error: ...` and exit status 2."""
+def run(main, errors=(UserError,), interrupted: str = "interrupted"):
+    """Run a command body, turning `errors` (the problems a user can fix) into `error: ...` and exit status 2,
+    and Ctrl-C into the line `interrupted` (on a line of its own, after any progress bar) and status 130."""
     try:
         main()
     except errors as e:
@@ -83,5 +106,5 @@ def run(main, errors=(UserError,)):
               "space, then run the command again", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(f"\n{interrupted}", file=sys.stderr)
         sys.exit(130)

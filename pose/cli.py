@@ -2,7 +2,6 @@
 
 The command fetches the model files from the weights catalog (ldm.weights); the pose library itself
 depends on nothing of ldm."""
-import argparse
 import json
 import sys
 
@@ -10,6 +9,7 @@ import cv2
 import numpy as np
 
 from ldm import weights
+from ldm.runtime import Parser
 from ldm.errors import UserError
 
 from .detect import detect_scored, read_image
@@ -21,7 +21,7 @@ from .skeleton import NAMES
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="pose-detect",
         description="Detect OpenPose (COCO-18) skeletons in an image and draw them over it.")
     parser.add_argument("image", help="image file")

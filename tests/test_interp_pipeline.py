@@ -473,11 +473,13 @@ def test_command_resumes_after_an_interruption(command, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return save(self, *args, **kwargs)
     monkeypatch.setattr(RunDir, "save_frame", crash_after_three)
-    code, _ = command("resumed")
+    code, err = command("resumed")
     assert code == 130 and not list((tmp_path / "resumed").glob("video.*"))
+    assert "\ninterrupted: run the same command again to resume" in err
     monkeypatch.setattr(RunDir, "save_frame", save)
     code, err = command("resumed")
     assert code == 0, err
+    assert "resuming " in err and "3 of 5 frames done" in err
     full = json.loads((tmp_path / "full" / "run.json").read_text())
     resumed = json.loads((tmp_path / "resumed" / "run.json").read_text())
     assert resumed["resumed"] and resumed["unet_calls"] < full["unet_calls"]
@@ -490,8 +492,20 @@ def test_command_resumes_after_an_interruption(command, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("extra,message", [
     (["--frames", "2"], "at least 3"),
-    (["--levels", "0.2,0.4,0.6,0.8"], "4 noise levels were given for 2 rounds"),
-    (["--levels", "0.5,1.5"], "low <= high < 1"),
+    (["--round-levels", "0.8,0.6,0.4,0.2"], "4 noise levels were given for 2 rounds"),
+    (["--levels", "0.5,1.5"], "0 < LOW <= HIGH < 1"),
+    (["--levels", "0.9,0.1"], "0 < LOW <= HIGH < 1"),  # never read as per-round levels
+    (["--levels", "0.2,0.4,0.6"], "one level per round: --round-levels"),
+    (["--levels", "0.2,0.4", "--round-levels", "0.4,0.2"], "not allowed with argument"),
+    (["--cfg", "-1"], "--cfg: must be >= 0"),
+    (["--eta", "2"], "--eta: must be from 0 to 1"),
+    (["--steps", "0"], "--steps: must be from 1 to 1000"),
+    (["--inversion-steps", "-3"], "--inversion-steps: must be >= 0"),
+    (["--inversion-lr", "0"], "--inversion-lr: must be > 0"),
+    (["--fps", "0"], "--fps: must be > 0"),
+    (["--max-batch", "0"], "--max-batch: must be >= 1"),
+    (["--seed", "x"], "--seed: expected an integer"),
+    (["--control-strength", "1,-1"], "two numbers >= 0"),
     (["--schedule", "bouncy"], "--schedule takes uniform, ease or"),
     (["--schedule", "0,0.5,0.2,0.7,1"], "increase strictly"),
     (["--candidates", "3", "--clip", "nowhere.safetensors"], "not a catalog name"),
@@ -500,6 +514,7 @@ def test_command_resumes_after_an_interruption(command, tmp_path, monkeypatch):
 def test_command_rejects_bad_settings(command, extra, message):
     code, err = command("bad", *extra)
     assert code == 2 and message in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), err  # no usage dump
 
 
 def test_command_rejects_bad_images(tiny_ckpt, tmp_path, capsys):
