@@ -30,7 +30,10 @@ def number(kind, low=None, high=None, low_open: bool = False):
             raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, not {text!r}") from None
         below = low is not None and (value <= low if low_open else value < low)
         if below or (high is not None and value > high) or value != value:
-            bounds = f"{'>' if low_open else '>='} {low}" if high is None else f"from {low} to {high}"
+            if high is None:
+                bounds = f"{'>' if low_open else '>='} {low}"
+            else:
+                bounds = f"in ({low}, {high}]" if low_open else f"from {low} to {high}"
             raise argparse.ArgumentTypeError(f"must be {bounds}, not {text}")
         return value
     return parse

@@ -62,7 +62,7 @@ def test_size_rule_crops_to_the_aspect_then_resizes():
 @pytest.mark.parametrize("args,message", [
     (["--image", "missing.png"], "does not exist"),
     (["--image", "{bad}"], "cannot read image"),
-    (["--image", "{ok}", "--strength", "0"], "strength must be in (0, 1]"),
+    (["--image", "{ok}", "--strength", "0"], "--strength: must be in (0, 1], not 0"),
     (["--image", "{ok}", "--strength", "0.01"], "raise --strength or --steps"),
     (["--image", "{ok}", "--size", "32"], "size must be"),
     (["--image", "{ok}", "--ckpt", "nowhere.safetensors"], "not a catalog name"),
