@@ -40,14 +40,27 @@ def _sha(image) -> str:
     return hashlib.sha256(image.tobytes()).hexdigest()[:16]
 
 
-def _poses(sd, s: Settings, raw, placements, images, size) -> tuple:
-    """(PoseConditioning, what was found) from `--poses` files or OpenPose on the placed images."""
+def _files(s: Settings, scheme, plan) -> dict:
+    """Every model file this run needs, by role: [(path or catalog name, kind), ...]."""
+    files = {"sd": [(s.ckpt, "sd")]}
+    if s.pose and scheme.denoises:
+        files["controlnet"] = [(s.controlnet, "controlnet")]
+        if not s.poses:
+            import pose
+            files["openpose"] = [(m, "openpose") for m in (s.pose_model or pose.CATALOG)]
+    if any(k > 1 for k in plan.candidates):
+        files["clip"] = [(s.clip, "clip")]
+    return files
+
+
+def _poses(sd, s: Settings, raw, placements, images, size, model_files) -> tuple:
+    """(PoseConditioning, what was found) from `--poses` files or OpenPose (`model_files`) on the placed images."""
     photo_fallback = [False, False]
     if s.poses:
         people = [read_keypoints(path, im.size, pl) for path, im, pl in zip(s.poses, raw, placements)]
     else:
         import pose
-        net = pose.load(list(s.pose_model) if s.pose_model else [weights.fetch(name) for name in pose.CATALOG])
+        net = pose.load(model_files)
 
         def fallback(which):
             def to_photo(rgb):  # Fig. 4: a stylized image is first translated into a photograph
@@ -91,14 +104,21 @@ def interpolate(s: Settings) -> RunDir:
     plan = scheme.plan(s.frames, s.steps, **s.level_args(), schedule=s.schedule, candidates=s.candidates)
     raw = [open_image(path) for path in (s.image_a, s.image_b)]
     requested = parse_size(s.size) if s.size else None
-    check_writable(s.out, "--out", folder=True)
-    if scheme.denoises and s.inversion_steps > 0:
-        check_writable(inversion.cache_dir(), "inversion cache ($SD_INTERP_CACHE)", folder=True)
-    # Every file is found (or downloaded) before anything slow runs.
-    use_pose = s.pose and scheme.denoises
-    controlnet_path = weights.resolve(s.controlnet, "controlnet") if use_pose else None
-    clip_path = weights.resolve(s.clip, "clip") if any(k > 1 for k in plan.candidates) else None
-    sd = load_model(s)
+    if not s.fetch_only:
+        check_writable(s.out, "--out", folder=True)
+        if scheme.denoises and s.inversion_steps > 0:
+            check_writable(inversion.cache_dir(), "inversion cache ($SD_INTERP_CACHE)", folder=True)
+    # Every file is found (or downloaded) before anything slow runs, and all missing ones are named at once.
+    files = _files(s, scheme, plan)
+    resolved = iter(weights.resolve_all([want for wants in files.values() for want in wants]))
+    paths = {role: [next(resolved) for _ in wants] for role, wants in files.items()}
+    if s.fetch_only:
+        for role, found in paths.items():
+            print(f"{role}: {', '.join(map(str, found))}")
+        return None
+    controlnet_path = paths["controlnet"][0] if "controlnet" in paths else None
+    clip_path = paths["clip"][0] if "clip" in paths else None
+    sd = load_model(s, paths["sd"][0])
     model_id, notes = weights.fingerprint(sd.path), list(sd.notes)
     size = requested or frame_size(raw[0].size, sd.config.image_size)
     placements = [placement(im.size, size, s.fit) for im in raw]
@@ -119,7 +139,7 @@ def interpolate(s: Settings) -> RunDir:
         controlnet = load_controlnet(controlnet_path, device=sd.device, dtype=sd.dtype, config=s.config)
         if s.compile:
             compile_model(controlnet, sd.device)
-        poses, found = _poses(sd, s, raw, placements, images, size)
+        poses, found = _poses(sd, s, raw, placements, images, size, paths.get("openpose"))
         out.record(poses=found)
         notes.append(f"poses: {found['people_found'][0]} and {found['people_found'][1]} people found, "
                      f"{found['people_matched']} matched" + ("" if poses else ": pose guidance is off"))

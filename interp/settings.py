@@ -21,7 +21,7 @@ PREVIEW = {"size": "256", "steps": 50, "inversion_steps": 50, "candidates": 1}
 # Options that do not change the frames: left out of the resume check.
 # Not part of a run's identity: where it goes, how fast it is made, and how the inputs were spelled (their
 # content is: run.json holds their sha256).
-NOT_COMPARED = ("out", "overwrite", "preview", "fps", "max_batch", "compile", "image_a", "image_b")
+NOT_COMPARED = ("out", "overwrite", "preview", "fps", "max_batch", "compile", "image_a", "image_b", "fetch_only")
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,7 @@ class Settings:
     device: str
     dtype: str
     compile: bool
+    fetch_only: bool
 
     def level_args(self) -> dict:
         """--round-levels: one level per round (whole numbers >= 1 are timesteps); else the --levels range."""
@@ -170,6 +171,8 @@ def parser() -> argparse.ArgumentParser:
                           "or centre-crop to the frame's aspect ratio first")
     run.add_argument("--seed", type=number(int, 0), default=0, help="seed of every random draw")
     run.add_argument("--fps", type=number(float, 0, low_open=True), default=8.0, help="video speed")
+    run.add_argument("--fetch-only", action="store_true",
+                     help="download every model file this command would need (checking their sha256), then stop")
     run.add_argument("--max-batch", type=number(int, 1), default=None, help="largest batch of one UNet or VAE call (memory)")
 
     method = p.add_argument_group("the method (Sections 4.1 and 5.1)")

@@ -73,9 +73,10 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return default_dtype(device)
 
 
-def load_model(args):
+def load_model(args, path=None):
+    """The SD checkpoint of `args` (`path`: already resolved) on its device and dtype, compiled if asked."""
     device = check_device(args.device)
-    sd = load_checkpoint(resolve(args.ckpt, "sd"), device=device, dtype=resolve_dtype(args.dtype, device),
+    sd = load_checkpoint(path or resolve(args.ckpt, "sd"), device=device, dtype=resolve_dtype(args.dtype, device),
                          prediction=args.prediction, config=args.config)
     if args.compile:
         compile_model(sd.unet, device)

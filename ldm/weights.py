@@ -100,18 +100,49 @@ def fetch(name: str, download: bool = True) -> Path:
     return dest
 
 
-def resolve(name_or_path, kind: str) -> Path:
-    """A path as given, or a catalog name of the given kind turned into a local path."""
+def _check(name_or_path, kind: str, entries: dict):
+    """The local path as given, or the catalog name (a UserError for neither, or a name of another kind)."""
     path = Path(name_or_path)
     if path.exists():
         return path
-    entries = catalog()
-    if str(name_or_path) in entries:
-        if entries[str(name_or_path)]["kind"] != kind:
-            raise UserError(f"catalog entry {name_or_path!r} is a {entries[str(name_or_path)]['kind']}, not a {kind}")
-        return fetch(str(name_or_path))
+    name = str(name_or_path)
+    if name in entries:
+        if entries[name]["kind"] != kind:
+            raise UserError(f"catalog entry {name!r} is a {entries[name]['kind']}, not a {kind}")
+        return name
     raise UserError(f"{name_or_path} does not exist and is not a catalog name "
                     f"(known {kind} names: {', '.join(k for k, v in entries.items() if v['kind'] == kind)})")
+
+
+def resolve(name_or_path, kind: str) -> Path:
+    """A path as given, or a catalog name of the given kind turned into a local path."""
+    return resolve_all([(name_or_path, kind)])[0]
+
+
+def _size(entry: dict) -> str:
+    return f"{entry['size'] / 1e9:.2f} GB" if entry.get("size") else "size unknown"
+
+
+def resolve_all(wanted: list, download: bool = True) -> list:
+    """Local paths for [(path or catalog name, kind), ...]: every request is checked first, then the
+    missing catalog files are downloaded one after another; whatever could not be had is reported in one
+    message (names, sizes and where to put them), so a user learns of every missing file at once."""
+    entries = catalog()
+    checked = [_check(w, kind, entries) for w, kind in wanted]
+    fetched, failed = {}, []
+    for item in dict.fromkeys(c for c in checked if isinstance(c, str)):
+        try:
+            fetched[item] = fetch(item, download)
+        except UserError as e:
+            failed.append((item, e))
+    if len(failed) == 1:
+        raise failed[0][1]
+    if failed:
+        listed = "; ".join(f"{name} ({entries[name]['file']}, {_size(entries[name])}, from "
+                           f"{entries[name]['mirrors'][0]['repo']})" for name, _ in failed)
+        raise UserError(f"{len(failed)} files are missing and could not be downloaded: {listed}. Download them "
+                        f"from Hugging Face into {weights_dir()} (or set $SD_INTERP_WEIGHTS)")
+    return [fetched[c] if isinstance(c, str) else c for c in checked]
 
 
 def lookup(path) -> tuple:

@@ -69,3 +69,54 @@ def test_resolve(tmp_path):
         weights.resolve(tmp_path / "missing.safetensors", "sd")
     with pytest.raises(UserError, match="is a controlnet, not a sd"):
         weights.resolve("controlnet-sd21-openpose", "sd")
+
+
+def test_every_missing_file_is_named_at_once(weights_dir, monkeypatch, tmp_path):
+    """The files a command needs are checked together: a bad path fails before any download, and all the
+    catalog files that could not be had are listed in one line with their sizes and the folder."""
+    tried = []
+
+    def offline(entry, dest):
+        tried.append(entry["file"])
+        raise UserError(f"could not download {entry['file']}")
+    monkeypatch.setattr(weights, "_download", offline)
+    with pytest.raises(UserError, match="nowhere.safetensors does not exist"):
+        weights.resolve_all([("sd21-512-base", "sd"), (tmp_path / "nowhere.safetensors", "clip")])
+    assert tried == []  # nothing downloaded before every request was known good
+    have = tmp_path / "mine.safetensors"
+    have.write_bytes(b"x")
+    with pytest.raises(UserError) as e:
+        weights.resolve_all([("sd21-512-base", "sd"), (have, "clip"), ("controlnet-sd21-openpose", "controlnet"),
+                             ("sd21-512-base", "sd")])
+    msg = str(e.value)
+    assert tried == ["v2-1_512-ema-pruned.safetensors", "openpose-sd21-safe.safetensors"]  # each once
+    assert "\n" not in msg and msg.startswith("2 files are missing") and str(weights_dir) in msg
+    assert "openpose-sd21-safe.safetensors, 0.73 GB, from thibaud/controlnet-sd21" in msg
+
+
+def test_interpolate_names_all_its_missing_files_before_loading_anything(weights_dir, monkeypatch, tmp_path, capsys):
+    import interp.cli
+    from PIL import Image
+    monkeypatch.setattr(weights, "_download", lambda entry, dest: (_ for _ in ()).throw(UserError("offline")))
+    monkeypatch.setattr(interp.cli, "load_model", lambda *a: pytest.fail("nothing loads before the files are there"))
+    for name in ("a", "b"):
+        Image.new("RGB", (64, 64)).save(tmp_path / f"{name}.png")
+    with pytest.raises(SystemExit) as e:
+        interp.cli.main([str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--prompt", "x", "--candidates", "3",
+                         "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: 5 files are missing") and err.count("\n") == 1
+    for name in ("sd21-512-base", "controlnet-sd21-openpose", "openpose-coco-prototxt", "openpose-coco-caffemodel",
+                 "clip-vit-l14-openai"):
+        assert name in err
+
+
+def test_fetch_only_gets_the_files_and_stops(tiny_ckpt, tmp_path, capsys):
+    import interp.cli
+    from PIL import Image
+    for name in ("a", "b"):
+        Image.new("RGB", (64, 64)).save(tmp_path / f"{name}.png")
+    interp.cli.main([str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--prompt", "x", "--ckpt", str(tiny_ckpt),
+                     "--no-pose", "--candidates", "1", "--fetch-only", "--out", str(tmp_path / "run")])
+    assert capsys.readouterr().out.strip() == f"sd: {tiny_ckpt}"
+    assert not (tmp_path / "run").exists()
