@@ -15,6 +15,16 @@ sys.path.insert(0, str(ROOT / "tools"))
 import make_fixture_weights  # noqa: E402
 
 
+def run_command(main, args, capsys):
+    """Run a command's main on `args` (stringified); returns (exit code, stderr)."""
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
 @pytest.fixture(scope="session", autouse=True)
 def accel_cache(tmp_path_factory):
     """The acceleration layer's per-machine verdicts go to a temporary folder, not the user's cache."""

@@ -4,16 +4,9 @@ from PIL import Image
 
 from ldm.cli import img2img_main, txt2img_main
 from ldm.images import fit
+from conftest import run_command as run
 
 
-def run(main, args, capsys):
-    """Run a command; returns (exit code, stderr)."""
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    return code, capsys.readouterr().err
 
 
 @pytest.fixture

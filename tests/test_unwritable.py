@@ -8,15 +8,9 @@ import ldm.cli
 from ldm import runtime
 from ldm.cli import img2img_main, txt2img_main
 from interp.cli import main as interpolate_main
+from conftest import run_command as run
 
 
-def run(main, args, capsys):
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    return code, capsys.readouterr().err
 
 
 @pytest.fixture
