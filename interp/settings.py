@@ -18,9 +18,8 @@ from .warp import Warp
 
 FULL = {"size": None, "steps": 200, "inversion_steps": 200, "candidates": "auto"}
 PREVIEW = {"size": "256", "steps": 50, "inversion_steps": 50, "candidates": 1}
-# Options that do not change the frames: left out of the resume check.
-# Not part of a run's identity: where it goes, how fast it is made, and how the inputs were spelled (their
-# content is: run.json holds their sha256).
+# Not part of a run's identity (left out of the resume check): where it goes, how fast it is made, and how
+# the inputs were spelled (their content is: run.json holds their sha256).
 NOT_COMPARED = ("out", "overwrite", "preview", "fps", "max_batch", "compile", "image_a", "image_b", "fetch_only")
 
 
