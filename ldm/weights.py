@@ -6,9 +6,12 @@ pinned sha256 (where known) and facts the tensors cannot tell (prediction type, 
 `fetch(name)` returns a verified local path, downloading with huggingface-hub on first use.
 """
 import hashlib
+import inspect
 import json
 import os
 import shutil
+import socket
+import urllib.parse
 from pathlib import Path
 
 from .errors import UserError
@@ -54,7 +57,7 @@ def fingerprint(path) -> str:
 
 def _verify(path: Path, entry: dict) -> None:
     """Check a file against its pinned sha256 once; a `.sha256` stamp beside it records success."""
-    stamp = path.with_name(path.name + ".sha256")
+    stamp = _stamp_path(path)
     if not entry.get("sha256") or (stamp.exists() and stamp.read_text().strip() == entry["sha256"]):
         return
     actual = sha256_of(path)
@@ -64,21 +67,51 @@ def _verify(path: Path, entry: dict) -> None:
     stamp.write_text(actual + "\n")
 
 
+def _stamp_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _reachable(url: str, timeout: float = 5.0) -> bool:
+    """Whether a TCP connection to the host of `url` opens (huggingface-hub retries an unreachable host for
+    about 20 s, printing each retry, before it gives up)."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        socket.create_connection((parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)),
+                                 timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def _download(entry: dict, dest: Path) -> None:
     try:
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import constants, hf_hub_download
     except ImportError:  # pragma: no cover - huggingface-hub is a declared dependency
         raise UserError("huggingface-hub is not installed: pip install huggingface-hub") from None
+    from tqdm import tqdm
+    # A progress bar even when stderr is not a terminal (huggingface-hub's own shows on terminals only);
+    # older huggingface-hub releases take no tqdm_class.
+    bar = {"tqdm_class": tqdm} if "tqdm_class" in inspect.signature(hf_hub_download).parameters else {}
+    where = ", ".join(f"{m['repo']}/{m['path']}" for m in entry["mirrors"])
+    if not constants.HF_HUB_OFFLINE and not _reachable(constants.ENDPOINT):
+        raise UserError(f"could not download {entry['file']} ({constants.ENDPOINT} cannot be reached: offline?): "
+                        f"download it by hand from Hugging Face ({where}) and put it at {dest}")
     errors = []
     for mirror in entry["mirrors"]:
         try:
-            got = hf_hub_download(mirror["repo"], mirror["path"], local_dir=dest.parent / ".hf")
+            got = Path(hf_hub_download(mirror["repo"], mirror["path"], local_dir=dest.parent / ".hf", **bar))
         except Exception as e:  # offline, gated, removed: try the next mirror
             errors.append(f"{mirror['repo']}: {type(e).__name__}")
             continue
+        actual = sha256_of(got) if entry.get("sha256") else None
+        if actual is not None and actual != entry["sha256"]:  # never put a wrong file in place
+            got.unlink()
+            errors.append(f"{mirror['repo']} served sha256 {actual}, not the pinned {entry['sha256']}")
+            continue
         shutil.move(got, dest)
+        if actual is not None:
+            _stamp_path(dest).write_text(actual + "\n")
         return
-    where = ", ".join(f"{m['repo']}/{m['path']}" for m in entry["mirrors"])
     raise UserError(f"could not download {entry['file']} ({'; '.join(errors)}): download it by hand "
                     f"from Hugging Face ({where}) and put it at {dest}")
 

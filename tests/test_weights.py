@@ -10,6 +10,7 @@ from ldm.errors import UserError
 @pytest.fixture
 def weights_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("SD_INTERP_WEIGHTS", str(tmp_path))
+    monkeypatch.setattr(weights, "_reachable", lambda url: True)  # the Hub itself is faked in each test
     return tmp_path
 
 

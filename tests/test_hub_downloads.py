@@ -1,0 +1,134 @@
+"""Downloads through huggingface-hub against a local server on 127.0.0.1 that speaks the part of the Hugging
+Face Hub HTTP API `hf_hub_download` uses (HEAD and GET of /{repo}/resolve/{revision}/{path}, byte ranges).
+(huggingface-hub 2.4 names its partial files per process, so a killed download starts over rather than
+resuming; that is left to the library.)
+Each download runs in a child process with HF_ENDPOINT pointing at the server, as a user's would."""
+import hashlib
+import http.server
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+CLIP = ("timm/vit_large_patch14_clip_224.openai", "open_clip_model.safetensors")   # no pinned sha256
+CONTROLNET = ("thibaud/controlnet-sd21", "openpose-sd21-safe.safetensors")          # a pinned sha256
+
+
+class Hub(http.server.ThreadingHTTPServer):
+    """files {(repo, path): bytes}; requests [(method, path, Range)]."""
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), HubHandler)
+        self.files, self.requests = {}, []
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class HubHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def _lookup(self):
+        m = re.match(r"^/([^/]+/[^/]+)/resolve/[^/]+/(.+)$", self.path.split("?")[0])
+        key = m and (m.group(1), m.group(2))
+        return key, self.server.files.get(key)
+
+    def _headers(self, status, data, length):
+        self.send_response(status)
+        self.send_header("X-Repo-Commit", "0" * 40)
+        self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Content-Length", str(length))
+
+    def do_HEAD(self):
+        self.server.requests.append(("HEAD", self.path, None))
+        _, data = self._lookup()
+        if data is None:
+            self.send_response(404)
+            self.send_header("X-Error-Code", "EntryNotFound")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self._headers(200, data, len(data))
+        self.end_headers()
+
+    def do_GET(self):
+        ranged = self.headers.get("Range")
+        self.server.requests.append(("GET", self.path, ranged))
+        key, data = self._lookup()
+        if data is None:
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        start = int(re.match(r"bytes=(\d+)-", ranged).group(1)) if ranged else 0
+        body = data[start:]
+        self._headers(206 if ranged else 200, data, len(body))
+        if ranged:
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def hub():
+    server = Hub()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+SCRIPT = ("import sys; from ldm import weights; from ldm.errors import UserError\n"
+          "try:\n    print(weights.fetch(sys.argv[1]))\n"
+          "except UserError as e:\n    print(f'error: {e}', file=sys.stderr); sys.exit(2)\n")
+
+
+def fetch(name, endpoint, tmp_path, timeout=120):
+    """weights.fetch(name) in a child process against `endpoint`, as a user's command would run it; returns
+    (exit code, stdout, stderr, seconds)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_ENDPOINT=endpoint, HF_HOME=str(tmp_path / "hf"), SD_INTERP_WEIGHTS=str(tmp_path / "weights"),
+               HF_HUB_DISABLE_TELEMETRY="1")
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", SCRIPT, name], env=env, capture_output=True, text=True, timeout=timeout)
+    return out.returncode, out.stdout.strip(), out.stderr, time.perf_counter() - t0
+
+
+def test_a_download_lands_in_the_weights_folder_with_a_progress_bar(hub, tmp_path):
+    data = os.urandom(3 << 20)
+    hub.files[CLIP] = data
+    code, out, err, _ = fetch("clip-vit-l14-openai", hub.url, tmp_path)
+    assert code == 0, err
+    assert out == str(tmp_path / "weights" / "clip-vit-l14-openai.safetensors")
+    assert (tmp_path / "weights" / "clip-vit-l14-openai.safetensors").read_bytes() == data
+    assert "100%" in err and "open_clip_model.safetensors" in err  # a progress bar, even into a pipe
+
+
+def test_a_wrong_sha256_is_refused_naming_both_hashes(hub, tmp_path):
+    data = b"not the ControlNet" * 1000
+    hub.files[CONTROLNET] = data
+    code, _, err, _ = fetch("controlnet-sd21-openpose", hub.url, tmp_path)
+    assert code == 2 and err.strip().splitlines()[-1].startswith("error: could not download"), err
+    assert hashlib.sha256(data).hexdigest() in err
+    assert "9d78ae69920502b7dcbf39cd2ec55c9b91b8852ef0248c9bce1624d972f830c5" in err
+    assert not (tmp_path / "weights" / "openpose-sd21-safe.safetensors").exists()  # nothing wrong left in place
+
+
+def test_offline_fails_fast_in_one_line(tmp_path):
+    import socket
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code, _, err, seconds = fetch("clip-vit-l14-openai", f"http://127.0.0.1:{port}", tmp_path)
+    assert code == 2 and seconds < 15, (seconds, err)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: could not download clip-vit-l14-openai.safetensors"), err
