@@ -155,7 +155,10 @@ def test_default_model_offline_is_one_error_line(tmp_path, monkeypatch, capsys):
         raise OSError("no network")
 
     monkeypatch.setenv("SD_INTERP_WEIGHTS", str(tmp_path))
-    monkeypatch.setitem(sys.modules, "huggingface_hub", types.SimpleNamespace(hf_hub_download=offline))
+    hub = types.SimpleNamespace(ENDPOINT="https://huggingface.co", HF_HUB_OFFLINE=False)
+    monkeypatch.setitem(sys.modules, "huggingface_hub", types.SimpleNamespace(hf_hub_download=offline, constants=hub))
+    from ldm import weights
+    monkeypatch.setattr(weights, "_reachable", lambda url: True)  # so that the download itself fails
     image = tmp_path / "blank.png"
     cv2.imwrite(str(image), np.zeros((64, 64, 3), np.uint8))
     assert main([str(image), "--out", str(tmp_path / "o.png")]) == 2
