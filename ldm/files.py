@@ -18,6 +18,8 @@ def check_writable(path, option: str, folder: bool = False) -> None:
     """A UserError naming `option` unless `path` (a file, or with `folder` a folder) can be written: its
     folder is made and a probe file written and removed there. Commands call it before anything slow."""
     where = Path(path) if folder else Path(path).parent
+    if where.exists() and not where.is_dir():
+        raise UserError(f"cannot write to {where}: it is a file, not a folder: choose another {option}")
     probe = where / f".write-probe-{os.getpid()}"
     try:
         where.mkdir(parents=True, exist_ok=True)
