@@ -6,7 +6,7 @@
 3. Textual inversion (Section 4.2) fits a prompt embedding to each image (cached on disk and kept in DIR).
 4. Frames are made by the chosen scheme (Section 4.1 or a baseline of Section 5.1), with several candidates
    per frame ranked by CLIP (Section 4.4) where the scheme draws fresh noise.
-5. Frames, latents, candidates, an MP4, a GIF, a contact sheet and run.json are written to DIR; an
+5. Frames, latents, candidates, a video (interp/video.py), a GIF, a contact sheet and run.json are written to DIR; an
    interrupted run restarted with the same DIR and settings picks up where it stopped.
 """
 import hashlib
