@@ -36,6 +36,7 @@ from . import video
 from .inversion import save_embeddings
 
 OUTPUTS = {"gif": "animation.gif", "contact_sheet": "contact_sheet.png"}  # and the video (`video.codec`)
+OUTPUT_NAMES = (*OUTPUTS.values(), *video.NAMES)  # every name `finish` may write
 SHEET_MAX_WIDTH = 4096  # contact-sheet thumbnails are shrunk to keep the sheet at most this wide
 SHEET_GAP = 4           # pixels between and around contact-sheet thumbnails
 EMBEDDINGS = "embeddings.safetensors"
@@ -236,7 +237,7 @@ class RunDir:
         """Temporary files a crash may have left (`name.part.ext`)."""
         d = glob.escape(self.path)
         parts = [p for sub in ("frames", "latents", "candidates") for p in glob.glob(os.path.join(d, sub, "*.part.*"))]
-        return parts + [part_path(os.path.join(self.path, name)) for name in ("run.json", EMBEDDINGS, *OUTPUTS.values(), *video.NAMES)]
+        return parts + [part_path(os.path.join(self.path, name)) for name in ("run.json", EMBEDDINGS, *OUTPUT_NAMES)]
 
     def _clear(self) -> None:
         """Delete the files of a previous run (only names of this layout)."""
@@ -244,7 +245,7 @@ class RunDir:
         patterns = [os.path.join(d, "frames", "frame_*.png"), os.path.join(d, "latents", "frame_*.safetensors"),
                     os.path.join(d, "candidates", "frame_*_c*.png"), os.path.join(d, "run.json"),
                     os.path.join(d, EMBEDDINGS)]
-        patterns += [os.path.join(d, name) for name in (*OUTPUTS.values(), *video.NAMES)]
+        patterns += [os.path.join(d, name) for name in OUTPUT_NAMES]
         self._remove([p for pattern in patterns for p in glob.glob(pattern)] + self._parts())
 
     @staticmethod

@@ -24,10 +24,8 @@ NAMES = tuple(sorted({name for _, name, _ in CODECS}))
 
 @contextlib.contextmanager
 def _quiet():
-    """OpenCV's FFmpeg wrapper prints to the process's stderr (failed probes, WebM's lack of codec tags),
+    """OpenCV and its FFmpeg wrapper print to the process's stderr (failed probes, WebM's lack of codec tags),
     past Python and OpenCV's log level: the file descriptor itself is pointed elsewhere meanwhile."""
-    level = cv2.utils.logging.getLogLevel()
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     sys.stderr.flush()
     saved = os.dup(2)
     try:
@@ -37,7 +35,6 @@ def _quiet():
     finally:
         os.dup2(saved, 2)
         os.close(saved)
-        cv2.utils.logging.setLogLevel(level)
 
 
 def _write(path: str, fourcc: str, frames, fps: float, size) -> bool:

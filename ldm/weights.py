@@ -5,6 +5,7 @@ A catalog entry names a checkpoint the project knows: its Hugging Face mirrors, 
 pinned sha256 (where known) and facts the tensors cannot tell (prediction type, native image size).
 `fetch(name)` returns a verified local path, downloading with huggingface-hub on first use.
 """
+import functools
 import hashlib
 import inspect
 import json
@@ -19,8 +20,9 @@ from .files import user_cache
 
 HERE = Path(__file__).resolve().parent
 # An installed package carries the catalog (setup.py maps weights/ to ldm/catalog/); a source tree has it in weights/.
-CATALOG_PATH = next((p for p in (HERE / "catalog" / "catalog.json", HERE.parent / "weights" / "catalog.json")
-                     if p.is_file()), HERE.parent / "weights" / "catalog.json")
+CATALOG_PATH = HERE / "catalog" / "catalog.json"
+if not CATALOG_PATH.is_file():
+    CATALOG_PATH = HERE.parent / "weights" / "catalog.json"
 
 
 def weights_dir() -> Path:
@@ -64,16 +66,22 @@ def _verify(path: Path, entry: dict) -> None:
     if actual != entry["sha256"]:
         raise UserError(f"{path} has sha256 {actual}, but the catalog pins {entry['sha256']}: "
                         f"delete the file and download it again")
-    stamp.write_text(actual + "\n")
+    _stamp(path, actual)
 
 
 def _stamp_path(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
+def _stamp(path: Path, sha256: str) -> None:
+    """Record that `path` was checked against `sha256`, so that it is not hashed again."""
+    _stamp_path(path).write_text(sha256 + "\n")
+
+
+@functools.lru_cache(maxsize=None)
 def _reachable(url: str, timeout: float = 5.0) -> bool:
     """Whether a TCP connection to the host of `url` opens (huggingface-hub retries an unreachable host for
-    about 20 s, printing each retry, before it gives up)."""
+    about 20 s, printing each retry, before it gives up); probed once per process, not once per file."""
     parts = urllib.parse.urlsplit(url)
     try:
         socket.create_connection((parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)),
@@ -110,7 +118,7 @@ def _download(entry: dict, dest: Path) -> None:
             continue
         shutil.move(got, dest)
         if actual is not None:
-            _stamp_path(dest).write_text(actual + "\n")
+            _stamp(dest, actual)
         return
     raise UserError(f"could not download {entry['file']} ({'; '.join(errors)}): download it by hand "
                     f"from Hugging Face ({where}) and put it at {dest}")

@@ -221,12 +221,10 @@ def bench_unet(args, device, results):
                        "fraction_of_peak": flops / statistics.median(ours) / peak}
                 if compiled:
                     row["compile_s"] = first[0]
-                if "diffusers" in times:
-                    row.update(diffusers_median_s=statistics.median(times["diffusers"]),
-                               ratio=statistics.median(ours) / statistics.median(times["diffusers"]))
-                if "openvino" in times:
-                    row.update(openvino_median_s=statistics.median(times["openvino"]),
-                               ratio_openvino=statistics.median(ours) / statistics.median(times["openvino"]))
+                for name, ratio in (("diffusers", "ratio"), ("openvino", "ratio_openvino")):
+                    if name in times:
+                        row[f"{name}_median_s"] = statistics.median(times[name])
+                        row[ratio] = statistics.median(ours) / row[f"{name}_median_s"]
                 results.append(row)
                 print(row)
 
