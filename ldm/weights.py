@@ -7,11 +7,11 @@ pinned sha256 (where known) and facts the tensors cannot tell (prediction type, 
 """
 import functools
 import hashlib
-import inspect
 import json
 import os
-import shutil
+import re
 import socket
+import sys
 import urllib.parse
 from pathlib import Path
 
@@ -91,37 +91,65 @@ def _reachable(url: str, timeout: float = 5.0) -> bool:
         return False
 
 
+def _lfs_sha256(etag):
+    """The Hub's ETag of a large (LFS) file is its sha256; other ETags say nothing about the bytes."""
+    return etag if etag and re.fullmatch(r"[0-9a-f]{64}", etag) else None
+
+
 def _download(entry: dict, dest: Path) -> None:
+    """Download `entry` to `dest` from the first mirror that serves it with the right sha256 (the pinned
+    one, else the Hub's own LFS sha256). The bytes go to `<dest>.<etag>.part` first; an interrupted download
+    (Ctrl-C, a lost connection, a killed process) leaves that file, and the next try resumes it with an
+    HTTP Range request."""
     try:
-        from huggingface_hub import constants, hf_hub_download
+        from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+        from huggingface_hub.file_download import http_get
+        from huggingface_hub.utils import build_hf_headers
     except ImportError:  # pragma: no cover - huggingface-hub is a declared dependency
         raise UserError("huggingface-hub is not installed: pip install huggingface-hub") from None
     from tqdm import tqdm
-    # A progress bar even when stderr is not a terminal (huggingface-hub's own shows on terminals only);
-    # older huggingface-hub releases take no tqdm_class.
-    bar = {"tqdm_class": tqdm} if "tqdm_class" in inspect.signature(hf_hub_download).parameters else {}
     where = ", ".join(f"{m['repo']}/{m['path']}" for m in entry["mirrors"])
-    if not constants.HF_HUB_OFFLINE and not _reachable(constants.ENDPOINT):
-        raise UserError(f"could not download {entry['file']} ({constants.ENDPOINT} cannot be reached: offline?): "
-                        f"download it by hand from Hugging Face ({where}) and put it at {dest}")
+    by_hand = f"download it by hand from Hugging Face ({where}) and put it at {dest}"
+    if constants.HF_HUB_OFFLINE:
+        raise UserError(f"could not download {entry['file']} (HF_HUB_OFFLINE is set): {by_hand}")
+    if not _reachable(constants.ENDPOINT):
+        raise UserError(f"could not download {entry['file']} ({constants.ENDPOINT} cannot be reached: "
+                        f"offline?): {by_hand}")
     errors = []
     for mirror in entry["mirrors"]:
         try:
-            got = Path(hf_hub_download(mirror["repo"], mirror["path"], local_dir=dest.parent / ".hf", **bar))
-        except Exception as e:  # offline, gated, removed: try the next mirror
+            meta = get_hf_file_metadata(hf_hub_url(mirror["repo"], mirror["path"]))
+        except Exception as e:  # gated, removed, a server error: try the next mirror
             errors.append(f"{mirror['repo']}: {type(e).__name__}")
             continue
-        actual = sha256_of(got) if entry.get("sha256") else None
-        if actual is not None and actual != entry["sha256"]:  # never put a wrong file in place
-            got.unlink()
-            errors.append(f"{mirror['repo']} served sha256 {actual}, not the pinned {entry['sha256']}")
+        expected = entry.get("sha256") or _lfs_sha256(meta.etag)
+        part = dest.with_name(f"{dest.name}.{(meta.etag or 'no-etag')[:16]}.part")
+        done = part.stat().st_size if part.exists() else 0
+        if meta.size is not None and done > meta.size:  # not a prefix of this file
+            part.unlink()
+            done = 0
+        if done:
+            total = f" of {meta.size / 1e6:.1f}" if meta.size else ""
+            print(f"resuming the download of {entry['file']}: {done / 1e6:.1f}{total} MB are already here",
+                  file=sys.stderr)
+        try:
+            with open(part, "ab") as f:
+                # a progress bar even when stderr is not a terminal (huggingface-hub's own shows on terminals only)
+                http_get(meta.location, f, resume_size=done, headers=build_hf_headers(), expected_size=meta.size,
+                         displayed_filename=mirror["path"].rsplit("/", 1)[-1], tqdm_class=tqdm)
+        except Exception as e:  # the part file stays, for the next try to resume
+            errors.append(f"{mirror['repo']}: {type(e).__name__} (run again to resume)")
             continue
-        shutil.move(got, dest)
-        if actual is not None:
-            _stamp(dest, actual)
+        actual = sha256_of(part)
+        if expected is not None and actual != expected:  # never put a wrong file in place
+            part.unlink()
+            errors.append(f"{mirror['repo']} served sha256 {actual}, not the "
+                          f"{'pinned' if entry.get('sha256') else 'Hub-listed'} {expected}")
+            continue
+        part.replace(dest)
+        _stamp(dest, actual)
         return
-    raise UserError(f"could not download {entry['file']} ({'; '.join(errors)}): download it by hand "
-                    f"from Hugging Face ({where}) and put it at {dest}")
+    raise UserError(f"could not download {entry['file']} ({'; '.join(errors)}): {by_hand}")
 
 
 def fetch(name: str, download: bool = True) -> Path:

@@ -82,7 +82,7 @@ def test_offline_default_checkpoint_error(tmp_path, capsys, monkeypatch):
 
     def offline(*a, **k):
         raise OSError("offline")
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", offline)
     monkeypatch.setenv("SD_INTERP_WEIGHTS", str(tmp_path))
     code, err = run(txt2img_main, ["--prompt", "x", "--out", tmp_path / "o.png"], capsys)
     assert code == 2 and "v2-1_512-ema-pruned.safetensors" in err and str(tmp_path) in err

@@ -1,12 +1,11 @@
 """Downloads through huggingface-hub against a local server on 127.0.0.1 that speaks the part of the Hugging
 Face Hub HTTP API `hf_hub_download` uses (HEAD and GET of /{repo}/resolve/{revision}/{path}, byte ranges).
-(huggingface-hub 2.4 names its partial files per process, so a killed download starts over rather than
-resuming; that is left to the library.)
 Each download runs in a child process with HF_ENDPOINT pointing at the server, as a user's would."""
 import hashlib
 import http.server
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -24,6 +23,9 @@ class Hub(http.server.ThreadingHTTPServer):
     def __init__(self):
         super().__init__(("127.0.0.1", 0), HubHandler)
         self.files, self.requests = {}, []
+        self.etags = {}            # {(repo, path): ETag served instead of the bytes' sha256}
+        self.stall_after = None    # a whole-file GET sends this many bytes, then waits for `resume`
+        self.resume = threading.Event()
 
     @property
     def url(self):
@@ -41,7 +43,7 @@ class HubHandler(http.server.BaseHTTPRequestHandler):
     def _headers(self, status, data, length):
         self.send_response(status)
         self.send_header("X-Repo-Commit", "0" * 40)
-        self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+        self.send_header("ETag", f'"{self.server.etags.get(self._lookup()[0]) or hashlib.sha256(data).hexdigest()}"')
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("Content-Length", str(length))
 
@@ -72,6 +74,12 @@ class HubHandler(http.server.BaseHTTPRequestHandler):
         if ranged:
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         self.end_headers()
+        if self.server.stall_after is not None and not ranged:  # the connection is lost mid-file
+            self.wfile.write(body[:self.server.stall_after])
+            self.wfile.flush()
+            self.server.resume.wait(60)
+            self.close_connection = True
+            return
         self.wfile.write(body)
 
     def log_message(self, *args):
@@ -92,12 +100,17 @@ SCRIPT = ("import sys; from ldm import weights; from ldm.errors import UserError
           "except UserError as e:\n    print(f'error: {e}', file=sys.stderr); sys.exit(2)\n")
 
 
-def fetch(name, endpoint, tmp_path, timeout=120):
-    """weights.fetch(name) in a child process against `endpoint`, as a user's command would run it; returns
-    (exit code, stdout, stderr, seconds)."""
+def child_env(endpoint, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     env.update(HF_ENDPOINT=endpoint, HF_HOME=str(tmp_path / "hf"), SD_INTERP_WEIGHTS=str(tmp_path / "weights"),
                HF_HUB_DISABLE_TELEMETRY="1")
+    return env
+
+
+def fetch(name, endpoint, tmp_path, timeout=120):
+    """weights.fetch(name) in a child process against `endpoint`, as a user's command would run it; returns
+    (exit code, stdout, stderr, seconds)."""
+    env = child_env(endpoint, tmp_path)
     t0 = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", SCRIPT, name], env=env, capture_output=True, text=True, timeout=timeout)
     return out.returncode, out.stdout.strip(), out.stderr, time.perf_counter() - t0
@@ -132,3 +145,39 @@ def test_offline_fails_fast_in_one_line(tmp_path):
     assert code == 2 and seconds < 15, (seconds, err)
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: could not download clip-vit-l14-openai.safetensors"), err
+
+
+def test_a_file_the_hub_lists_with_another_sha256_is_refused(hub, tmp_path):
+    """An entry with no pinned sha256 is checked against the sha256 the Hub lists for it (its LFS ETag)."""
+    data = os.urandom(1 << 20)
+    hub.files[CLIP] = data
+    hub.etags[CLIP] = "ab" * 32
+    code, _, err, _ = fetch("clip-vit-l14-openai", hub.url, tmp_path)
+    assert code == 2 and f"not the Hub-listed {'ab' * 32}" in err, err
+    assert not list((tmp_path / "weights").iterdir())  # neither the file nor a part of it is kept
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "killed"])
+def test_an_interrupted_download_resumes_where_it_stopped(hub, tmp_path, stop):
+    data = os.urandom(24 << 20)  # huggingface-hub writes in 10 MiB chunks
+    hub.files[CLIP] = data
+    hub.stall_after = 12 << 20
+    child = subprocess.Popen([sys.executable, "-c", SCRIPT, "clip-vit-l14-openai"], env=child_env(hub.url, tmp_path),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not [p for p in (tmp_path / "weights").glob("*.part") if p.stat().st_size >= 10 << 20]:
+        assert time.time() < deadline and child.poll() is None, child.communicate()
+        time.sleep(0.1)
+    child.send_signal(stop)
+    child.communicate(timeout=30)
+    part, = (tmp_path / "weights").glob("*.part")
+    kept = part.stat().st_size
+    assert kept >= 10 << 20 and data.startswith(part.read_bytes())
+    hub.stall_after = None
+    hub.resume.set()
+    code, out, err, _ = fetch("clip-vit-l14-openai", hub.url, tmp_path)
+    assert code == 0, err
+    assert (tmp_path / "weights" / "clip-vit-l14-openai.safetensors").read_bytes() == data
+    assert ("GET", f"/{CLIP[0]}/resolve/main/{CLIP[1]}", f"bytes={kept}-") in hub.requests
+    assert f"resuming the download of clip-vit-l14-openai.safetensors: {kept / 1e6:.1f} of 25.2 MB" in err
+    assert not list((tmp_path / "weights").glob("*.part"))

@@ -5,8 +5,6 @@ from synthetic maps must come back as those maps: this checks the RGB->BGR flip,
 pixel / 256 - 0.5 normalisation, the padding and cropping, the upsampling and the split of the
 output blob into heatmaps then PAFs. The random net checks multi-scale averaging.
 """
-import sys
-import types
 
 import cv2
 import numpy as np
@@ -154,9 +152,9 @@ def test_default_model_offline_is_one_error_line(tmp_path, monkeypatch, capsys):
     def offline(*args, **kwargs):
         raise OSError("no network")
 
+    import huggingface_hub
     monkeypatch.setenv("SD_INTERP_WEIGHTS", str(tmp_path))
-    hub = types.SimpleNamespace(ENDPOINT="https://huggingface.co", HF_HUB_OFFLINE=False)
-    monkeypatch.setitem(sys.modules, "huggingface_hub", types.SimpleNamespace(hf_hub_download=offline, constants=hub))
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", offline)
     from ldm import weights
     monkeypatch.setattr(weights, "_reachable", lambda url: True)  # so that the download itself fails
     image = tmp_path / "blank.png"
