@@ -1,4 +1,5 @@
-"""`interpolate A.png B.png --prompt "..." [--frames 17] [--out DIR]`: the paper's method end to end.
+"""`interpolate A.png B.png --prompt "..." [--frames 17] [--out DIR]`: the paper's method end to end
+(`interpolate A.png B.png C.png ...`: one sequence through every image, interp/chain.py).
 
 1. Both images are brought to one frame size and encoded with the VAE.
 2. Poses (Section 4.3): keypoints of both images, the main subjects matched, interpolated and drawn for the
@@ -19,17 +20,17 @@ import torch
 from PIL import Image
 
 from ldm import weights
-from ldm.accel import compile_model
-from ldm.runtime import COMPILED_BATCH, check_device, load_model, progress, resolve_dtype, run
+from ldm.runtime import COMPILED_BATCH, check_device, progress, resolve_dtype, run
 from ldm.images import frame_size, open_image, parse_size, placement, placement_warnings, to_tensor
 from ldm.errors import UserError
 from ldm.files import check_writable
 from ldm.pipeline import img2img
 from pose.errors import PoseError
 
-from . import inversion, video
+from . import chain, inversion, video
 from .conditioning import PoseConditioning, TextConditioning, read_keypoints
 from .interpolator import Interpolator
+from .models import Models
 from .output import RunDir
 from .rank import CLIPScorer
 from .schemes import scheme as find_scheme
@@ -53,14 +54,13 @@ def _files(s: Settings, scheme, plan) -> dict:
     return files
 
 
-def _poses(sd, s: Settings, raw, placements, images, size, model_files) -> tuple:
-    """(PoseConditioning, what was found) from `--poses` files or OpenPose (`model_files`) on the placed images."""
+def _poses(sd, s: Settings, raw, placements, images, size, net) -> tuple:
+    """(PoseConditioning, what was found) from `--poses` files or OpenPose (`net`) on the placed images."""
     photo_fallback = [False, False]
     if s.poses:
         people = [read_keypoints(path, im.size, pl) for path, im, pl in zip(s.poses, raw, placements)]
     else:
         import pose
-        net = pose.load(model_files)
 
         def fallback(which):
             def to_photo(rgb):  # Fig. 4: a stylized image is first translated into a photograph
@@ -97,13 +97,28 @@ def _text(sd, s: Settings, x, model_id: str, out: RunDir, notes: list, invert: b
     return TextConditioning(cond[:1].to(sd.device), cond[1:].to(sd.device), uncond.to(sd.device))
 
 
-def interpolate(s: Settings) -> RunDir:
-    t_start = time.perf_counter()
+def prepare(s: Settings) -> tuple:
+    """What a run needs that no model gives, checked before anything slow (a UserError otherwise): the
+    scheme, its plan of rounds, the input images and the requested frame size (None: from the model)."""
     resolve_dtype(s.dtype, check_device(s.device))
     scheme = find_scheme(s.scheme)
     plan = scheme.plan(s.frames, s.steps, **s.level_args(), schedule=s.schedule, candidates=s.candidates)
-    raw = [open_image(path) for path in (s.image_a, s.image_b)]
-    requested = parse_size(s.size) if s.size else None
+    raw = [open_image(path) for path in s.images]
+    return scheme, plan, raw, parse_size(s.size) if s.size else None
+
+
+def interpolate(s: Settings, models: Models = None):
+    """Make the run of settings `s` (a RunDir; a chain.Chain for more than two images; None with --fetch-only),
+    loading the networks into `models` (or reusing those it holds)."""
+    models = models or Models()
+    if len(s.images) > 2:
+        return chain.make(s, lambda segment: _pair(segment, models), prepare)
+    return _pair(s, models)
+
+
+def _pair(s: Settings, models: Models):
+    t_start = time.perf_counter()
+    scheme, plan, raw, requested = prepare(s)
     if not s.fetch_only:
         check_writable(s.out, "--out", folder=True)
         if scheme.denoises and s.inversion_steps > 0:
@@ -118,12 +133,12 @@ def interpolate(s: Settings) -> RunDir:
         return None
     controlnet_path = paths["controlnet"][0] if "controlnet" in paths else None
     clip_path = paths["clip"][0] if "clip" in paths else None
-    sd = load_model(s, paths["sd"][0])
+    sd = models.sd(s, paths["sd"][0])
     model_id, notes = weights.fingerprint(sd.path), list(sd.notes)
     size = requested or frame_size(raw[0].size, sd.config.image_size)
     placements = [placement(im.size, size, s.fit) for im in raw]
     images = [pl.image(im) for pl, im in zip(placements, raw)]
-    for name, im, pl in zip((s.image_a, s.image_b), raw, placements):
+    for name, im, pl in zip(s.images, raw, placements):
         for warning in placement_warnings(name, im.size, pl):
             print(f"warning: {warning}", file=sys.stderr)
     size = images[0].size
@@ -131,21 +146,18 @@ def interpolate(s: Settings) -> RunDir:
     settings = {**s.record(), "size": list(size), "input_sha256": [_sha(im) for im in images],
                 "checkpoint": model_id, "prediction": sd.config.prediction, "dtype": str(sd.dtype)}
     out = RunDir(s.out, settings, resume=not s.overwrite)
-    out.record(scheme=scheme.name, ranks_candidates=scheme.ranks, inputs=[s.image_a, s.image_b])
+    out.record(scheme=scheme.name, ranks_candidates=scheme.ranks, inputs=list(s.images))
 
     controlnet = poses = scorer = None
     if controlnet_path:  # Section 4.3
-        from ldm.controlnet import load_controlnet
-        controlnet = load_controlnet(controlnet_path, device=sd.device, dtype=sd.dtype, config=s.config)
-        if s.compile:
-            compile_model(controlnet, sd.device)
-        poses, found = _poses(sd, s, raw, placements, images, size, paths.get("openpose"))
+        controlnet = models.controlnet(s, controlnet_path, sd)
+        net = None if s.poses else models.openpose(paths["openpose"])
+        poses, found = _poses(sd, s, raw, placements, images, size, net)
         out.record(poses=found)
         notes.append(f"poses: {found['people_found'][0]} and {found['people_found'][1]} people found, "
                      f"{found['people_matched']} matched" + ("" if poses else ": pose guidance is off"))
     if clip_path:  # Section 4.4
-        from ldm.clip import load_clip
-        clip = load_clip(clip_path, config=s.clip_config, device=sd.device)
+        clip = models.clip(s, clip_path, sd.device)
         scorer = CLIPScorer(clip, s.rank_positive, s.rank_negative)
         notes += [f"[clip] {n}" for n in clip.notes]
 

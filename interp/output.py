@@ -189,20 +189,13 @@ class RunDir:
                             f"made yet ({shown}); run the command again to resume")
         if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
             raise UserError(f"fps must be a positive number, got {fps!r}")
-        frames = [self._open_frame(i) for i in range(self.count)]
-        fourcc, name, what = video.codec(frames[0].size)
-        outputs = {"video": name, **OUTPUTS}
-        paths = {key: os.path.join(self.path, file) for key, file in outputs.items()}
-        self._atomic(paths["video"], lambda tmp: video.write_video(tmp, fourcc, frames, fps))
-        self._atomic(paths["gif"], lambda tmp: _write_gif(tmp, frames, fps))
-        self._atomic(paths["contact_sheet"], lambda tmp: contact_sheet(frames).save(tmp, format="PNG"))
+        outputs, what = write_outputs(self.path, [self._open_frame(i) for i in range(self.count)], fps)
         self.state.update(status="complete", finished=_now(), fps=fps, outputs=outputs, video_codec=what)
         self._save_state()
-        return paths
+        return {key: os.path.join(self.path, name) for key, name in outputs.items()}
 
     def _open_frame(self, index: int) -> Image.Image:
-        with Image.open(self.frame_path(index)) as im:
-            return im.convert("RGB")
+        return open_frame(self.frame_path(index))
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -254,20 +247,40 @@ class RunDir:
             if os.path.isfile(p):
                 os.remove(p)
 
-    @staticmethod
-    def _atomic(path: str, write) -> None:
-        """Call write(tmp) with the temporary name of `path`, then rename it into place."""
-        with atomic_path(path) as tmp:
-            write(tmp)
-
     def _save_state(self) -> None:
-        self._atomic(os.path.join(self.path, "run.json"), lambda tmp: _write_json(tmp, self.state))
+        write_json(os.path.join(self.path, "run.json"), self.state)
 
 
-def _write_json(path: str, state: dict) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(state, f, indent=2, default=_default)
-        f.write("\n")
+def _atomic(path: str, write) -> None:
+    """Call write(tmp) with the temporary name of `path`, then rename it into place."""
+    with atomic_path(path) as tmp:
+        write(tmp)
+
+
+def write_json(path: str, state: dict) -> None:
+    """`state` as indented JSON at `path`, written atomically."""
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(state, f, indent=2, default=_default)
+            f.write("\n")
+    _atomic(path, write)
+
+
+def open_frame(path) -> Image.Image:
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+def write_outputs(folder: str, frames: list, fps: float) -> tuple:
+    """The video, animation.gif and contact_sheet.png of `frames`, each written atomically into `folder`;
+    returns ({"video": ..., "gif": ..., "contact_sheet": ...} file names, the video codec's name)."""
+    fourcc, name, what = video.codec(frames[0].size)
+    outputs = {"video": name, **OUTPUTS}
+    paths = {key: os.path.join(folder, file) for key, file in outputs.items()}
+    _atomic(paths["video"], lambda tmp: video.write_video(tmp, fourcc, frames, fps))
+    _atomic(paths["gif"], lambda tmp: _write_gif(tmp, frames, fps))
+    _atomic(paths["contact_sheet"], lambda tmp: contact_sheet(frames).save(tmp, format="PNG"))
+    return outputs, what
 
 
 def _write_gif(path: str, frames: list, fps: float) -> None:

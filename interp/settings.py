@@ -20,13 +20,12 @@ FULL = {"size": None, "steps": 200, "inversion_steps": 200, "candidates": "auto"
 PREVIEW = {"size": "256", "steps": 50, "inversion_steps": 50, "candidates": 1}
 # Not part of a run's identity (left out of the resume check): where it goes, how fast it is made, and how
 # the inputs were spelled (their content is: run.json holds their sha256).
-NOT_COMPARED = ("out", "overwrite", "preview", "fps", "max_batch", "compile", "image_a", "image_b", "fetch_only")
+NOT_COMPARED = ("out", "overwrite", "preview", "fps", "max_batch", "compile", "images", "fetch_only")
 
 
 @dataclass(frozen=True)
 class Settings:
-    image_a: str
-    image_b: str
+    images: tuple  # two images, or more for a chain through all of them (interp/chain.py)
     prompt: str
     prompt_b: str
     negative: str
@@ -78,6 +77,7 @@ class Settings:
         """The settings the frames depend on, as run.json holds them."""
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in NOT_COMPARED}
         fields["warp"] = None if self.warp is None else dataclasses.asdict(self.warp)
+        fields["device"] = self.device.split(":")[0]  # the kind of device, not which one of them
         return fields
 
 
@@ -147,17 +147,18 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def parser() -> argparse.ArgumentParser:
-    p = Parser(prog="interpolate", formatter_class=_Help,
-                                description="Interpolate between two images with Stable Diffusion 2.1 "
-                                            "(Wang & Golland 2023).")
-    p.add_argument("image_a")
-    p.add_argument("image_b")
+def parser(cls=Parser) -> argparse.ArgumentParser:
+    p = cls(prog="interpolate", formatter_class=_Help,
+            description="Interpolate between two images with Stable Diffusion 2.1 (Wang & Golland 2023); "
+                        "with more images, one sequence through all of them.")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="the first and the last image, or every keyframe "
+                   "of a chain in order")
     run = p.add_argument_group("the run")
     run.add_argument("--prompt", required=True, help="describes both images (the start of textual inversion)")
     run.add_argument("--prompt-b", default=None, help="a different prompt for the second image")
     run.add_argument("--negative", default="", help="negative prompt, shared by both images (default: none)")
-    run.add_argument("--frames", type=int, default=17, help="frames in the whole sequence, both inputs included")
+    run.add_argument("--frames", type=number(int, 3), default=17,
+                     help="frames from one image to the next, both included")
     run.add_argument("--out", default="interpolation", help="output folder (resumed if it holds the same run)")
     run.add_argument("--overwrite", action="store_true", help="start afresh even if --out holds another run")
     run.add_argument("--preview", action="store_true",
@@ -200,8 +201,9 @@ def parser() -> argparse.ArgumentParser:
     pose_group = p.add_argument_group("pose guidance (Section 4.3)")
     pose_group.add_argument("--pose", action=argparse.BooleanOptionalAction, default=True,
                             help="pose guidance with OpenPose + ControlNet")
-    pose_group.add_argument("--poses", nargs=2, metavar="JSON", default=None,
-                            help="keypoints of both images from `pose-detect --json` on the original images")
+    pose_group.add_argument("--poses", nargs="+", metavar="JSON", default=None,
+                            help="keypoints of every image (one file each) from `pose-detect --json` on the "
+                                 "original images")
     pose_group.add_argument("--all-people", action="store_true",
                             help="match every person by position (default: each image's largest person)")
     pose_group.add_argument("--pose-model", nargs="+", default=None, help="OpenPose model files (default: catalog)")
@@ -223,11 +225,19 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse(argv=None) -> Settings:
-    args = vars(parser().parse_args(argv))
+def parse(argv=None, cls=Parser) -> Settings:
+    """The settings of `argv`; a bad option goes to `cls.error` (one `error:` line and exit 2 for a command)."""
+    p = parser(cls)
+    args = vars(p.parse_args(argv))
+    if len(args["images"]) < 2:
+        p.error("give at least two images")
+    if args["poses"] is not None and len(args["poses"]) != len(args["images"]):
+        p.error(f"--poses takes one keypoint file per image: {len(args['images'])}, not {len(args['poses'])}")
+    if args["prompt_b"] is not None and len(args["images"]) > 2:
+        p.error("--prompt-b is for two images; a chain uses --prompt for every image")
     for key, value in (PREVIEW if args["preview"] else FULL).items():
         if args[key] is None:
             args[key] = value
-    for key in ("poses", "pose_model"):
+    for key in ("images", "poses", "pose_model"):
         args[key] = None if args[key] is None else tuple(args[key])
     return Settings(**args)

@@ -491,7 +491,7 @@ def test_command_resumes_after_an_interruption(command, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("extra,message", [
-    (["--frames", "2"], "at least 3"),
+    (["--frames", "2"], "--frames: must be >= 3"),
     (["--round-levels", "0.8,0.6,0.4,0.2"], "4 noise levels were given for 2 rounds"),
     (["--levels", "0.5,1.5"], "0 < LOW <= HIGH < 1"),
     (["--levels", "0.9,0.1"], "0 < LOW <= HIGH < 1"),  # never read as per-round levels

@@ -4,6 +4,7 @@ import pytest
 from PIL import Image
 
 import interp.cli
+import interp.models
 import ldm.cli
 from ldm import runtime
 from ldm.cli import img2img_main, txt2img_main
@@ -39,7 +40,7 @@ def test_txt2img_and_img2img_check_their_out_first(tiny_ckpt, blocker, tmp_path,
 
 @pytest.mark.parametrize("where", ["out", "cache"])
 def test_interpolate_checks_its_folders_first(tiny_ckpt, blocker, tmp_path, capsys, monkeypatch, where):
-    monkeypatch.setattr(interp.cli, "load_model", lambda s: pytest.fail("the model loads only once all is writable"))
+    monkeypatch.setattr(interp.models, "load_model", lambda *a: pytest.fail("the model loads only once all is writable"))
     for name in ("a", "b"):
         Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / f"{name}.png")
     monkeypatch.setenv("SD_INTERP_CACHE", str(blocker / "cache" if where == "cache" else tmp_path / "cache"))

@@ -82,9 +82,10 @@ def test_every_missing_file_is_named_at_once(weights_dir, monkeypatch, tmp_path)
 
 def test_interpolate_names_all_its_missing_files_before_loading_anything(weights_dir, monkeypatch, tmp_path, capsys):
     import interp.cli
+    import interp.models
     from PIL import Image
     monkeypatch.setattr(weights, "_download", lambda entry, dest: (_ for _ in ()).throw(UserError("offline")))
-    monkeypatch.setattr(interp.cli, "load_model", lambda *a: pytest.fail("nothing loads before the files are there"))
+    monkeypatch.setattr(interp.models, "load_model", lambda *a: pytest.fail("nothing loads before the files are there"))
     for name in ("a", "b"):
         Image.new("RGB", (64, 64)).save(tmp_path / f"{name}.png")
     with pytest.raises(SystemExit) as e:
