@@ -28,5 +28,6 @@ setup(
         "img2img = ldm.cli:img2img_main",
         "pose-detect = pose.cli:main",
         "interpolate = interp.cli:main",
+        "interp-batch = interp.batch:main",
     ]},
 )

@@ -54,6 +54,12 @@ def _files(s: Settings, scheme, plan) -> dict:
     return files
 
 
+def needed_files(s: Settings) -> list:
+    """[(path or catalog name, kind), ...] of every model file the run of `s` needs."""
+    scheme, plan, _, _ = prepare(s)
+    return [want for wants in _files(s, scheme, plan).values() for want in wants]
+
+
 def _poses(sd, s: Settings, raw, placements, images, size, net) -> tuple:
     """(PoseConditioning, what was found) from `--poses` files or OpenPose (`net`) on the placed images."""
     photo_fallback = [False, False]

@@ -21,6 +21,9 @@ PREVIEW = {"size": "256", "steps": 50, "inversion_steps": 50, "candidates": 1}
 # Not part of a run's identity (left out of the resume check): where it goes, how fast it is made, and how
 # the inputs were spelled (their content is: run.json holds their sha256).
 NOT_COMPARED = ("out", "overwrite", "preview", "fps", "max_batch", "compile", "images", "fetch_only")
+# Asked for in the settings, but recorded in run.json as what they came to (a size, the model's prediction
+# type, a dtype for "auto").
+RESOLVED = ("size", "prediction", "dtype")
 
 
 @dataclass(frozen=True)
