@@ -20,6 +20,7 @@ import threading
 import time
 import traceback
 
+import torch
 import torch.distributed as dist
 
 from ldm import weights
@@ -259,6 +260,8 @@ def batch(args, common) -> int:
     _fetch(tasks, workers)
     if args.fetch_only:
         return 0
+    if workers.world > 1 and torch.cuda.is_available():
+        torch.cuda.set_device(workers.local_rank)  # what "cuda" means in this worker
     board, models = Board(workers, tasks, sys.stderr), Models()
     while (index := workers.store.add("claimed", 1) - 1) < len(tasks):
         board.post(index, make(tasks[index], workers, models))
