@@ -110,6 +110,9 @@ def prepare(s: Settings) -> tuple:
     scheme = find_scheme(s.scheme)
     plan = scheme.plan(s.frames, s.steps, **s.level_args(), schedule=s.schedule, candidates=s.candidates)
     raw = [open_image(path) for path in s.images]
+    for path in s.poses or ():
+        if not os.path.isfile(path):
+            raise UserError(f"{path} does not exist: give the keypoints of each image from pose-detect --json")
     return scheme, plan, raw, parse_size(s.size) if s.size else None
 
 

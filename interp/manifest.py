@@ -66,8 +66,11 @@ def read_rows(path) -> list:
                         rows.append((line, row))
             else:
                 reader = csv.DictReader(f)
-                rows = [(reader.line_num, {k.strip(): v.strip() for k, v in row.items() if k and v and v.strip()})
-                        for row in reader]
+                rows = []
+                for row in reader:
+                    if None in row:  # csv.DictReader's key for the cells past the header's
+                        raise UserError(f"{path}, line {reader.line_num}: more cells than the header has columns")
+                    rows.append((reader.line_num, {k.strip(): v.strip() for k, v in row.items() if k and v and v.strip()}))
     except FileNotFoundError:
         raise UserError(f"{path} does not exist: give the manifest of pairs (CSV or JSON lines)") from None
     except (UnicodeDecodeError, csv.Error) as e:

@@ -76,18 +76,19 @@ def one_thread():
 
 
 def test_a_manifest_with_bad_rows_is_refused_naming_each_row(tmp_path, tiny_ckpt, capsys):
-    path = manifest(tmp_path, 2)
+    path = manifest(tmp_path, 2, poses="")
     with open(path, "a") as f:
-        f.write("p9,images/missing.png,images/0b.png,x,0\n")      # line 4: no such image
-        f.write("p0,images/0a.png,images/0b.png,x,0\n")            # line 5: an id used twice
-        f.write("p7,images/0a.png,images/0b.png,,0\n")             # line 6: no prompt
-        f.write("p8,images/0a.png,images/0b.png,x,-3\n")           # line 7: a negative seed
+        f.write("p9,images/missing.png,images/0b.png,x,0,\n")     # line 4: no such image
+        f.write("p0,images/0a.png,images/0b.png,x,0,\n")           # line 5: an id used twice
+        f.write("p7,images/0a.png,images/0b.png,,0,\n")            # line 6: no prompt
+        f.write("p8,images/0a.png,images/0b.png,x,-3,\n")          # line 7: a negative seed
+        f.write("p6,images/0a.png,images/0b.png,x,0,nowhere.json;0b.json\n")  # line 8: no such keypoints
     code, err = run_command(batch_main, [path, "--out", tmp_path / "runs", "--ckpt", tiny_ckpt, *FAST], capsys)
     lines = err.strip().splitlines()
-    assert code == 2 and lines[0].startswith("error: 4 of the rows of") and "nothing was started" in lines[0], err
-    assert [line.split(":")[0].strip() for line in lines[1:]] == ["line 4", "line 5", "line 6", "line 7"], err
+    assert code == 2 and lines[0].startswith("error: 5 of the rows of") and "nothing was started" in lines[0], err
+    assert [line.split(":")[0].strip() for line in lines[1:]] == ["line 4", "line 5", "line 6", "line 7", "line 8"], err
     assert "missing.png" in lines[1] and "also the id of line 2" in lines[2] and "--prompt" in lines[3]
-    assert "--seed" in lines[4] and "Traceback" not in err
+    assert "--seed" in lines[4] and "nowhere.json does not exist" in lines[5] and "Traceback" not in err
     assert not (tmp_path / "runs").exists()  # nothing made before every row is known good
 
     bad = tmp_path / "bad.jsonl"
