@@ -189,7 +189,11 @@ def resolve(name_or_path, kind: str) -> Path:
 
 
 def _size(entry: dict) -> str:
-    return f"{entry['size'] / 1e9:.2f} GB" if entry.get("size") else "size unknown"
+    size = entry.get("size")
+    if not size:
+        return "size unknown"
+    unit, scale = next((u, k) for u, k in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3), ("bytes", 1)) if size >= k)
+    return f"{size / scale:.2f} {unit}" if scale > 1 else f"{size} bytes"
 
 
 def resolve_all(wanted: list, download: bool = True) -> list:

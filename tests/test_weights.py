@@ -77,7 +77,7 @@ def test_every_missing_file_is_named_at_once(weights_dir, monkeypatch, tmp_path)
     msg = str(e.value)
     assert tried == ["v2-1_512-ema-pruned.safetensors", "openpose-sd21-safe.safetensors"]  # each once
     assert "\n" not in msg and msg.startswith("2 files are missing") and str(weights_dir) in msg
-    assert "openpose-sd21-safe.safetensors, 0.73 GB, from thibaud/controlnet-sd21" in msg
+    assert "openpose-sd21-safe.safetensors, 728.49 MB, from thibaud/controlnet-sd21" in msg
 
 
 def test_interpolate_names_all_its_missing_files_before_loading_anything(weights_dir, monkeypatch, tmp_path, capsys):
