@@ -64,9 +64,11 @@ class PoseConditioning:
         return [pose.interpolate(self._moved(self.people_a[i], p), self._moved(self.people_b[j], p - 1), float(p))
                 for i, j in self.pairs]
 
-    def hints(self, positions) -> torch.Tensor:
-        """[len(positions), 3, H, W] RGB hints in [0, 1]."""
-        canvases = [pose.render(self.keypoints_at(p), self.height, self.width) for p in positions]
+    def hints(self, positions, people: list = None) -> torch.Tensor:
+        """[len(positions), 3, H, W] RGB hints in [0, 1]; `people` (x [18, 3]) are drawn instead of the
+        interpolated skeletons when given (a pose a person edited for one frame)."""
+        canvases = [pose.render(self.keypoints_at(p) if people is None else people, self.height, self.width)
+                    for p in positions]
         return torch.from_numpy(np.stack(canvases)).permute(0, 3, 1, 2).float() / 255.0
 
 

@@ -7,6 +7,8 @@ hands frames and candidates to the caller with a record of how each frame was ma
 """
 from collections import Counter
 
+import torch
+
 from ldm import rng
 from ldm.ddim import DDIM
 from ldm.denoiser import Denoiser
@@ -14,14 +16,14 @@ from ldm.errors import UserError
 from ldm.images import to_pil
 
 from .conditioning import control_strength
-from .rank import best
+from .steering import Candidates, Steering
 from .warp import warp_latent
 
 
 class Interpolator:
     def __init__(self, sd, plan, text, guidance: float = 7.5, eta: float = 0.0, seed: int = 0, controlnet=None,
                  poses=None, strength=(1.0, 1.5), warp=None, scorer=None, max_batch: int = None,
-                 fixed_batch: bool = False):
+                 fixed_batch: bool = False, chooser=None):
         if any(k > 1 for k in plan.candidates) and scorer is None:
             raise UserError("several candidates per frame need a scorer to rank them (e.g. CLIP): give --clip or --candidates 1")
         if warp is not None and not plan.scheme.warps:
@@ -32,6 +34,8 @@ class Interpolator:
         self.controlnet = controlnet if poses else None
         self.poses, self.strength, self.warp = poses, strength, warp
         self.scorer, self.max_batch, self.fixed_batch = scorer, max_batch, fixed_batch
+        self.chooser = chooser or Steering()  # who decides each round: CLIP (and the recorded decisions), or a person
+        self._prompts = {}
         self.round_of = {f.index: r for r, frames in enumerate(plan.rounds) for f in frames}
         self.unet_calls = 0
         self.latents = self.on_frame = self.on_candidates = self.progress = None
@@ -46,14 +50,20 @@ class Interpolator:
     def warped(self, z, amount: float):
         return z if self.warp is None or amount == 0 else warp_latent(z, self.warp, amount)
 
-    def denoise(self, x, indices: list, start: int, end: int = None):
+    def denoise(self, x, indices: list, start: int, end: int = None, prompt: str = None, keypoints: list = None):
         """DDIM from step index `start` (down to `end`, or to the clean latent) for a batch whose row j
-        belongs to frame indices[j], conditioned as that frame."""
+        belongs to frame indices[j], conditioned as that frame; `prompt` and `keypoints` (people x [18, 3]),
+        when given, replace the slerped text embedding and the interpolated pose of every row."""
         positions = [self.plan.positions[i] for i in indices]
         cond, uncond = self.text.at(positions)
+        if prompt is not None:
+            if prompt not in self._prompts:
+                self._prompts[prompt] = self.sd.encode_text([prompt]).to(cond.device, cond.dtype)
+            cond = self._prompts[prompt].expand(len(indices), -1, -1)
         hint = strength = None
         if self.controlnet is not None:
-            hint = self.poses.hints(positions)
+            people = None if keypoints is None else [torch.as_tensor(p, dtype=torch.float64).numpy() for p in keypoints]
+            hint = self.poses.hints(positions, people)
             strength = control_strength(positions, *self.strength)
         model = Denoiser(self.sd.unet, self.controlnet, hint, strength, self.max_batch, pad=self.fixed_batch)
         generators, seen = [], Counter()  # one per (frame, candidate), for the noise of eta > 0
@@ -65,22 +75,37 @@ class Interpolator:
         self.unet_calls += model.calls
         return z
 
-    def finish(self, jobs: list, z, k: int) -> None:
-        """Frames jobs[j] are done, with candidates z[j k : (j + 1) k]: decode, rank, keep, report."""
+    def decode_and_score(self, z, score: bool = True) -> tuple:
+        """(PIL images, CLIP scores or None) of a batch of latents."""
         images = self.sd.decode_latents(z, self.max_batch)
-        scores = self.scorer(images) if k > 1 else None
-        kept = best(scores, len(jobs)) if k > 1 else [0] * len(jobs)
+        scores = self.scorer(images).tolist() if score and self.scorer is not None else None
+        return to_pil(images), scores
+
+    def finish(self, jobs: list, z, k: int, remake=None) -> None:
+        """Frames jobs[j] are done, with candidates z[j k : (j + 1) k]: decode, rank, let the chooser decide
+        (re-rolling with `remake` if it asks), keep, report."""
+        pool = Candidates(self, jobs, k, remake)
+        images, scores = self.decode_and_score(z, score=k > 1)
         for j, job in enumerate(jobs):
-            c = j * k + kept[j]
-            self.latents[job.index] = z[c:c + 1]
-            info = {"round": self.round_of[job.index], "parents": list(job.parents), "weight": job.weight,
-                    "timestep": job.timestep, "ddim_steps": job.steps, **self.conditioning(job.index)}
-            if k > 1:
-                frame_scores = scores[j * k:(j + 1) * k].tolist()
-                info.update(scores=frame_scores, kept=kept[j])
+            pool.add(job.index, z[j * k:(j + 1) * k], images[j * k:(j + 1) * k],
+                     None if scores is None else scores[j * k:(j + 1) * k])
+        picks = self.chooser.choose(pool)
+        for job in jobs:
+            i, c = job.index, picks[job.index]
+            self.latents[i] = pool.latents[i][c]
+            roll = pool.roll_of(i, c)
+            info = {"round": self.round_of[i], "parents": list(job.parents), "weight": job.weight,
+                    "timestep": job.timestep, "ddim_steps": job.steps, **self.conditioning(i)}
+            if roll.get("prompt") is not None:
+                info["prompt"] = roll["prompt"]
+            if roll.get("keypoints") is not None:
+                info["keypoints"] = roll["keypoints"]
+            if pool.count(i) > 1:
+                frame_scores = None if None in pool.scores[i] else pool.scores[i]
+                info.update(scores=frame_scores, kept=c)
                 if self.on_candidates is not None:
-                    self.on_candidates(job.index, to_pil(images[j * k:(j + 1) * k]), frame_scores, kept[j])
-            self.on_frame(job.index, to_pil(images[c:c + 1])[0], self.latents[job.index], info)
+                    self.on_candidates(i, pool.images[i], frame_scores, c)
+            self.on_frame(i, pool.images[i][c], self.latents[i], info)
 
     # --- the caller's side ---------------------------------------------------------------------------
 

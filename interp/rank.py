@@ -44,7 +44,3 @@ def candidate_counts(num_levels: int, candidates) -> list:
         return [max(3, 8 - level) for level in range(num_levels)]
     return [int(candidates)] * num_levels
 
-
-def best(scores: torch.Tensor, frames: int) -> list:
-    """Index of the best candidate of each frame; scores are frame-major [frames * K]."""
-    return scores.reshape(frames, -1).argmax(dim=1).tolist()

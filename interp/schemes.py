@@ -212,16 +212,23 @@ class Ours(Scheme):
             if todo:
                 x = torch.cat([self.start(runner, f, level, k, latents) for f in todo])
                 z = runner.denoise(x, [f.index for f in todo for _ in range(k)], level.step)
-                runner.finish([Job(f.index, (f.left, f.right), f.position, level.timestep, level.step + 1)
-                               for f in todo], z, k)
+                by_index = {f.index: f for f in todo}
 
-    def start(self, runner, f: Frame, level: NoiseLevel, k: int, latents: dict) -> torch.Tensor:
-        """Section 4.1: k noisy latents for frame f, its parents noised with shared noise and slerped."""
+                def remake(index, roll, prompt, keypoints, level=level, k=k):  # k more candidates of one frame
+                    x = self.start(runner, by_index[index], level, k, latents, roll)
+                    return runner.denoise(x, [index] * k, level.step, prompt=prompt, keypoints=keypoints)
+                runner.finish([Job(f.index, (f.left, f.right), f.position, level.timestep, level.step + 1)
+                               for f in todo], z, k, remake)
+
+    def start(self, runner, f: Frame, level: NoiseLevel, k: int, latents: dict, roll: int = 0) -> torch.Tensor:
+        """Section 4.1: k noisy latents for frame f, its parents noised with shared noise and slerped
+        (re-roll `roll` > 0 draws that noise from a key of its own)."""
         p, q = runner.plan.positions, runner.sd.schedule.q_sample
         # Affine warps (Section 5.2): both parents are moved to the new frame's view before they are mixed.
         z_l = runner.warped(latents[f.left], p[f.index] - p[f.left]).expand(k, -1, -1, -1)
         z_r = runner.warped(latents[f.right], p[f.index] - p[f.right]).expand(k, -1, -1, -1)
-        eps = runner.noise(("frame", f.index), k * (1 if self.shared else 2), z_l)
+        key = ("frame", f.index) if roll == 0 else ("frame", f.index, "roll", roll)
+        eps = runner.noise(key, k * (1 if self.shared else 2), z_l)
         eps_l, eps_r = (eps, eps) if self.shared else (eps[:k], eps[k:])
         return slerp(q(z_l, level.timestep, eps_l), q(z_r, level.timestep, eps_r), torch.full((k,), f.position))
 
