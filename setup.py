@@ -7,7 +7,8 @@ setup(
                 "hand-written SD 2.1, ControlNet, OpenCLIP, DDIM and OpenPose",
     packages=find_packages(include=["ldm", "ldm.*", "interp", "pose"]) + ["ldm.catalog"],
     package_dir={"ldm.catalog": "weights"},  # the catalog (weights/ is data) travels with the package
-    package_data={"ldm": ["data/bpe_simple_vocab_16e6.txt.gz"], "ldm.catalog": ["catalog.json"]},
+    package_data={"ldm": ["data/bpe_simple_vocab_16e6.txt.gz"], "ldm.catalog": ["catalog.json"],
+                  "interp": ["studio.html"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.1",
@@ -29,5 +30,6 @@ setup(
         "pose-detect = pose.cli:main",
         "interpolate = interp.cli:main",
         "interp-batch = interp.batch:main",
+        "interp-studio = interp.cli:studio_main",
     ]},
 )

@@ -29,12 +29,15 @@ from pose.errors import PoseError
 
 from . import chain, inversion, video
 from .conditioning import PoseConditioning, TextConditioning, read_keypoints
+from .frames import descendants
 from .interpolator import Interpolator
 from .models import Models
 from .output import RunDir
 from .rank import CLIPScorer
 from .schemes import scheme as find_scheme
-from .settings import Settings, parse
+from .settings import Settings, from_run, parse
+from .steering import Steering
+from .studio import Studio
 
 
 def _sha(image) -> str:
@@ -116,6 +119,17 @@ def prepare(s: Settings) -> tuple:
     return scheme, plan, raw, parse_size(s.size) if s.size else None
 
 
+def _open_studio(s: Settings, out: RunDir, plan, scheme) -> Studio:
+    studio = Studio(out, plan, s.host, s.port, can_reroll=scheme.ranks)
+    if s.host != "127.0.0.1":
+        print(f"warning: the studio is served on {s.host}, so other machines may reach it (anyone with the "
+              "URL's token can steer the run)", file=sys.stderr)
+    print("[studio] open this page in a browser to steer the run (Ctrl-C stops it; rerun to resume):", file=sys.stderr)
+    print(studio.url, file=sys.stderr, flush=True)
+    studio.show(message="loading the networks and fitting the prompt embeddings")
+    return studio
+
+
 def interpolate(s: Settings, models: Models = None):
     """Make the run of settings `s` (a RunDir; a chain.Chain for more than two images; None with --fetch-only),
     loading the networks into `models` (or reusing those it holds)."""
@@ -156,6 +170,8 @@ def _pair(s: Settings, models: Models):
                 "checkpoint": model_id, "prediction": sd.config.prediction, "dtype": str(sd.dtype)}
     out = RunDir(s.out, settings, resume=not s.overwrite)
     out.record(scheme=scheme.name, ranks_candidates=scheme.ranks, inputs=list(s.images))
+    steering = Steering(out.state.get("steering"), save=lambda record: out.record(steering=record))
+    studio = _open_studio(s, out, plan, scheme) if s.interactive else None
 
     controlnet = poses = scorer = None
     if controlnet_path:  # Section 4.3
@@ -176,7 +192,11 @@ def _pair(s: Settings, models: Models):
     t_inversion = time.perf_counter() - t0
 
     interp = Interpolator(sd, plan, text, s.cfg, s.eta, s.seed, controlnet, poses, tuple(s.control_strength), s.warp,
-                          scorer, s.max_batch or (COMPILED_BATCH if s.compile else None), fixed_batch=s.compile)
+                          scorer, s.max_batch or (COMPILED_BATCH if s.compile else None), fixed_batch=s.compile,
+                          chooser=steering)
+    if studio is not None:
+        studio.can_pose = interp.controlnet is not None
+        interp.chooser = studio.chooser(steering, interp.conditioning)
     # Frames 0 and N are the inputs themselves; frames of an interrupted run are picked up.
     z = sd.encode_images(x)
     latents = {0: z[:1], plan.n: z[1:]}
@@ -187,13 +207,35 @@ def _pair(s: Settings, models: Models):
     if len(latents) > 2:
         print(f"resuming {s.out}: {len(latents)} of {plan.n + 1} frames done", file=sys.stderr)
 
-    t0 = time.perf_counter()
-    interp.run(latents, out.save_frame, out.save_candidates, progress=progress(interp.steps_to_run(latents), "frames"))
-    out.record(notes=notes, unet_calls=interp.unet_calls, rounds=[
-        {"timestep": lvl.timestep, "step": lvl.step, "frames": [f.index for f in frames], "candidates": k}
-        for lvl, frames, k in zip(plan.levels, plan.rounds, plan.candidates)],
-        seconds={"inversion": t_inversion, "frames": time.perf_counter() - t0, "total": time.perf_counter() - t_start})
-    out.finish(s.fps)
+    def make():
+        t0 = time.perf_counter()
+        steps = interp.steps_to_run(latents)
+        tick = progress(steps, "frames")
+        interp.run(latents, out.save_frame, out.save_candidates, progress=studio.progress(steps, tick) if studio else tick)
+        out.record(notes=notes, unet_calls=interp.unet_calls, rounds=[
+            {"timestep": lvl.timestep, "step": lvl.step, "frames": [f.index for f in frames], "candidates": k}
+            for lvl, frames, k in zip(plan.levels, plan.rounds, plan.candidates)],
+            seconds={"inversion": t_inversion, "frames": time.perf_counter() - t0, "total": time.perf_counter() - t_start})
+        out.finish(s.fps)
+
+    try:
+        make()
+        # The studio stays open on the finished run: a frame may be revised (it and its descendants are
+        # made again, the person choosing), until the page closes it.
+        while studio is not None:
+            studio.finished(out.state["outputs"])
+            revised = studio.after_finish()
+            if revised is None:
+                break
+            stale = descendants(plan.rounds, revised)
+            out.unmake(stale)
+            steering.forget(stale)
+            for i in stale:
+                latents.pop(i, None)
+            make()
+    finally:
+        if studio is not None:
+            studio.close()
     for note in notes:
         print(f"[interpolate] {note}", file=sys.stderr)
     print(f"wrote {plan.n + 1} frames to {s.out} ({interp.unet_calls} UNet calls, "
@@ -205,3 +247,15 @@ def main(argv=None):
     settings = parse(argv)
     run(lambda: interpolate(settings), errors=(UserError, PoseError),
         interrupted=f"interrupted: run the same command again to resume ({settings.out} keeps the finished frames)")
+
+
+def studio_main(argv=None):
+    """`interp-studio RUN_DIR [--host H] [--port P]`: reopen a run in the studio, to finish or revise it."""
+    from ldm.runtime import Parser
+    p = Parser(prog="interp-studio", description="Reopen a run folder of interpolate in the interactive studio.")
+    p.add_argument("run_dir")
+    p.add_argument("--host", default="127.0.0.1", help="address the page is served on")
+    p.add_argument("--port", type=int, default=0, help="port of the page (0: any free one)")
+    args = p.parse_args(argv)
+    run(lambda: interpolate(from_run(args.run_dir, interactive=True, host=args.host, port=args.port)),
+        errors=(UserError, PoseError), interrupted=f"interrupted: {args.run_dir} keeps the finished frames and choices")

@@ -58,6 +58,15 @@ class NoiseLevel(NamedTuple):
     timestep: int
 
 
+def descendants(rounds: list, index: int) -> set:
+    """Frame `index` and every frame made from it, directly or through others (the frames to remake when
+    it is revised: the authors' `revise_frames`)."""
+    stale = {index}
+    for frames in rounds:
+        stale |= {f.index for f in frames if f.left in stale or f.right in stale}
+    return stale
+
+
 def noise_levels(num_levels: int, steps: int, low: float = 0.30, high: float = 0.55,
                  levels: Sequence[float | int] | None = None, num_timesteps: int = 1000) -> list[NoiseLevel]:
     """The noise level of each round on the `steps`-step DDIM grid, strictly decreasing with depth.

@@ -28,6 +28,8 @@ IMAGE_COLUMNS = ("image_a", "image_b", "images")
 NOT_PER_ROW = {"out": "--out of interp-batch names the folder of all runs",
                "scheme": "--schemes of interp-batch lists the schemes of all rows",
                "fetch_only": "interp-batch --fetch-only fetches for every row",
+               "interactive": "interp-batch runs without a person (open a run with interp-studio)",
+               "host": "interp-batch runs without a person", "port": "interp-batch runs without a person",
                "help": "not an option of a run"}
 PATH_OPTIONS = ("poses", "pose_model", "ckpt", "controlnet", "clip", "clip_config", "config")
 SAFE_ID = re.compile(r"[A-Za-z0-9._-]+")

@@ -145,6 +145,13 @@ class RunDir:
                                             "latent": self._relative(self.latent_path(index))}
         self._save_state()
 
+    def unmake(self, indices) -> None:
+        """Frames `indices` are to be made again: they are no longer done (their files stay until replaced)."""
+        for index in indices:
+            self._check_index(index)
+            self.state["frames"].pop(str(index), None)
+        self._save_state()
+
     def save_candidates(self, index: int, images: list, scores: list = None, kept: int = 0) -> None:
         """Write every candidate of frame `index` (c0, c1, ...) and record their scores and the kept one."""
         self._check_index(index)

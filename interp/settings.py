@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 from dataclasses import dataclass
 
+from ldm.errors import UserError
 from ldm.runtime import Parser, add_model_args, number
 
 from .rank import NEGATIVE, POSITIVE
@@ -20,7 +21,8 @@ FULL = {"size": None, "steps": 200, "inversion_steps": 200, "candidates": "auto"
 PREVIEW = {"size": "256", "steps": 50, "inversion_steps": 50, "candidates": 1}
 # Not part of a run's identity (left out of the resume check): where it goes, how fast it is made, and how
 # the inputs were spelled (their content is: run.json holds their sha256).
-NOT_COMPARED = ("out", "overwrite", "preview", "fps", "max_batch", "compile", "images", "fetch_only")
+NOT_COMPARED = ("out", "overwrite", "preview", "fps", "max_batch", "compile", "images", "fetch_only", "interactive",
+                "host", "port")
 # Asked for in the settings, but recorded in run.json as what they came to (a size, the model's prediction
 # type, a dtype for "auto").
 RESOLVED = ("size", "prediction", "dtype")
@@ -69,6 +71,9 @@ class Settings:
     dtype: str
     compile: bool
     fetch_only: bool
+    interactive: bool
+    host: str
+    port: int
 
     def level_args(self) -> dict:
         """--round-levels: one level per round (whole numbers >= 1 are timesteps); else the --levels range."""
@@ -177,6 +182,12 @@ def parser(cls=Parser) -> argparse.ArgumentParser:
     run.add_argument("--fetch-only", action="store_true",
                      help="download every model file this command would need (checking their sha256), then stop")
     run.add_argument("--max-batch", type=number(int, 1), default=None, help="largest batch of one UNet or VAE call (memory)")
+    studio = p.add_argument_group("the interactive mode (end of Section 4.4)")
+    studio.add_argument("--interactive", action="store_true",
+                        help="choose, re-roll and steer the frames of each round in a local web page (its URL is printed)")
+    studio.add_argument("--host", default="127.0.0.1", help="address the page is served on (another than 127.0.0.1 "
+                        "exposes it to the network)")
+    studio.add_argument("--port", type=number(int, 0, 65535), default=0, help="port of the page (0: any free one)")
 
     method = p.add_argument_group("the method (Sections 4.1 and 5.1)")
     method.add_argument("--scheme", choices=[*SCHEMES, *ALIASES], default="ours",
@@ -244,3 +255,24 @@ def parse(argv=None, cls=Parser) -> Settings:
     for key in ("images", "poses", "pose_model"):
         args[key] = None if args[key] is None else tuple(args[key])
     return Settings(**args)
+
+
+def from_run(folder, **changes) -> Settings:
+    """The settings of the run in `folder` (from its run.json), with `changes`: to reopen a run."""
+    import json
+    import os
+    path = os.path.join(folder, "run.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            state = json.load(f)
+        recorded, inputs = state["settings"], state["inputs"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{folder} holds no run of interpolate ({path}: {type(e).__name__}: {e})") from None
+    fields = {f.name for f in dataclasses.fields(Settings)} - set(NOT_COMPARED)
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items() if k in fields}
+    values.update(size="{}x{}".format(*recorded["size"]), dtype=str(recorded["dtype"]).removeprefix("torch."),
+                  warp=None if recorded.get("warp") is None else Warp(**{k: tuple(v) if isinstance(v, list) else v
+                                                                        for k, v in recorded["warp"].items()}))
+    defaults = parse([*inputs, "--prompt", recorded["prompt"]])
+    return dataclasses.replace(defaults, **values, out=os.fspath(folder), fps=state.get("fps", defaults.fps),
+                               **changes)
