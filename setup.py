@@ -22,7 +22,9 @@ setup(
         # open_clip's model zoo, for GPU stacks only: on a CPU torch it pulls a CUDA torchvision that
         # replaces torch. Nothing in this package imports it.
         "openclip": ["open-clip-torch"],
-        "test": ["pytest", "wheel"],  # wheel: tests/test_install.py builds the package offline
+        # wheel: tests/test_install.py builds the package offline; selenium drives Chromium in the studio's
+        # browser test (the browser itself comes from the system: apt install chromium chromium-driver)
+        "test": ["pytest", "wheel", "selenium"],
     },
     entry_points={"console_scripts": [
         "txt2img = ldm.cli:txt2img_main",

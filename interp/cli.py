@@ -121,7 +121,7 @@ def prepare(s: Settings) -> tuple:
 
 def _open_studio(s: Settings, out: RunDir, plan, scheme) -> Studio:
     studio = Studio(out, plan, s.host, s.port, can_reroll=scheme.ranks)
-    if s.host != "127.0.0.1":
+    if studio.url.split("/")[2] not in (f"127.0.0.1:{studio.port}", f"localhost:{studio.port}"):
         print(f"warning: the studio is served on {s.host}, so other machines may reach it (anyone with the "
               "URL's token can steer the run)", file=sys.stderr)
     print("[studio] open this page in a browser to steer the run (Ctrl-C stops it; rerun to resume):", file=sys.stderr)

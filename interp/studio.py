@@ -22,6 +22,7 @@ import json
 import os
 import queue
 import secrets
+import socket
 import threading
 import time
 import urllib.parse
@@ -37,6 +38,20 @@ MAX_PEOPLE = 10
 
 class BadRequest(Exception):
     pass
+
+
+def _address(host: str):
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+def _addresses(name: str) -> list:
+    try:
+        return socket.getaddrinfo(name, None)
+    except OSError:
+        return []
 
 
 def _int(body: dict, key: str) -> int:
@@ -64,10 +79,15 @@ class Studio:
         except OSError as e:
             raise UserError(f"cannot serve the studio on {host}:{port} ({e.strerror or e}): choose another --port") from None
         self.server.studio = self
-        self.host, self.port = host, self.server.server_address[1]
-        self.hosts = {f"{host}:{self.port}"}
-        if ipaddress.ip_address(host).is_loopback:
-            self.hosts |= {f"localhost:{self.port}", f"127.0.0.1:{self.port}"}
+        self.port = self.server.server_address[1]
+        names = {host}
+        if _address(host) is not None and _address(host).is_loopback:
+            names |= {"localhost", "127.0.0.1"}
+        if _address(host) is not None and _address(host).is_unspecified:  # every interface: the machine's names
+            names = {"localhost", "127.0.0.1", socket.gethostname(), socket.getfqdn()}
+            names |= {a[4][0] for a in _addresses(socket.gethostname())}
+            host = socket.gethostname()
+        self.hosts = {f"{n}:{self.port}" for n in names}
         self.url = f"http://{host}:{self.port}/?token={self.token}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 

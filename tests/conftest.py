@@ -80,3 +80,12 @@ def tiny_sd(tiny_ckpt):
 def tiny_controlnet(tiny_dir):
     from ldm.controlnet import load_controlnet
     return load_controlnet(tiny_dir / "controlnet.safetensors")
+
+
+@pytest.fixture(scope="session")
+def clip_tiny(tmp_path_factory):
+    """The tiny CLIP, regenerated bit for bit from the fixture rule (seed 4242)."""
+    path = tmp_path_factory.mktemp("clip") / "clip_tiny.safetensors"
+    make_fixture_weights.main(["clip", "--config", str(DATA / "clip" / "clip_config.json"), "--seed", "4242",
+                               "--out", str(path)])
+    return path

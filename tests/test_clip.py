@@ -31,14 +31,6 @@ def clip_cases():
     return load_file(CLIP_DATA / "clip_cases.safetensors")
 
 
-@pytest.fixture(scope="module")
-def clip_tiny(tmp_path_factory):
-    """clip_tiny.safetensors regenerated bit for bit from the fixture rule (seed 4242)."""
-    path = tmp_path_factory.mktemp("clip") / "clip_tiny.safetensors"
-    make_fixture_weights.main(["clip", "--config", str(CONFIGS[""]), "--seed", "4242", "--out", str(path)])
-    return path
-
-
 def rewrite(src, dst, rename=lambda k: k, drop=(), add=None, reshape=None):
     """Copy a safetensors file with keys renamed/dropped/added and shapes changed (loader edge cases)."""
     st = SafetensorsFile(src)
