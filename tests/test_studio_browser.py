@@ -19,6 +19,7 @@ if not (CHROMIUM and DRIVER):
     pytest.skip("the browser test needs Chromium and its driver (apt install chromium chromium-driver)",
                 allow_module_level=True)
 
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
@@ -37,13 +38,26 @@ def browser(tmp_path):
 
 
 def until(condition, timeout=120):
+    """condition()'s first true value; an element the page replaced meanwhile (it re-renders as the run
+    goes on) is looked up again."""
     deadline = time.time() + timeout
     while True:
-        value = condition()
+        try:
+            value = condition()
+        except StaleElementReferenceException:
+            value = None
         if value:
             return value
         assert time.time() < deadline, "timed out"
         time.sleep(0.05)
+
+
+def click(find):
+    """Click the element `find()` returns, looking it up again if the page replaced it first."""
+    def attempt():
+        find().click()
+        return True
+    until(attempt)
 
 
 def candidates(driver, frame):
@@ -61,16 +75,16 @@ def test_a_person_steers_a_run_in_the_browser(tmp_path, tiny_dir, clip_tiny, bro
     until(lambda: len(candidates(browser, 2)) == 2)
     browser.save_screenshot(str(shots / "1-round-1.png"))
 
-    browser.find_element(By.CSS_SELECTOR, '.reroll[data-frame="2"]').click()  # round 1: re-roll, then pick
+    click(lambda: browser.find_element(By.CSS_SELECTOR, '.reroll[data-frame="2"]'))  # round 1: re-roll, then pick
     until(lambda: len(candidates(browser, 2)) == 4)
     browser.save_screenshot(str(shots / "2-re-rolled.png"))
     clicked = time.perf_counter()
-    candidates(browser, 2)[3].click()
+    click(lambda: candidates(browser, 2)[3])
     until(lambda: len(candidates(browser, 1)) == 2 and len(candidates(browser, 3)) == 2)
     click_to_round = time.perf_counter() - clicked
     browser.save_screenshot(str(shots / "3-round-2.png"))
 
-    browser.find_element(By.CSS_SELECTOR, '.pose-edit[data-frame="1"]').click()  # round 2: drag a wrist
+    click(lambda: browser.find_element(By.CSS_SELECTOR, '.pose-edit[data-frame="1"]'))  # round 2: drag a wrist
     wrist = browser.find_element(By.CSS_SELECTOR, '.pose[data-frame="1"] circle[data-joint="4"]')
     before = float(wrist.get_attribute("cx")), float(wrist.get_attribute("cy"))
     ActionChains(browser).click_and_hold(wrist).move_by_offset(30, 20).release().perform()
@@ -78,18 +92,18 @@ def test_a_person_steers_a_run_in_the_browser(tmp_path, tiny_dir, clip_tiny, bro
     after = float(wrist.get_attribute("cx")), float(wrist.get_attribute("cy"))
     assert after[0] > before[0] + 1 and after[1] > before[1] + 1
     browser.save_screenshot(str(shots / "4-pose-dragged.png"))
-    browser.find_element(By.CSS_SELECTOR, '.pose-apply[data-frame="1"]').click()
+    click(lambda: browser.find_element(By.CSS_SELECTOR, '.pose-apply[data-frame="1"]'))
     until(lambda: json.loads(studio.get("/api/state")[1])["round"]["frames"][0]["keypoints"] is not None)
-    browser.find_element(By.CSS_SELECTOR, '.reroll[data-frame="1"]').click()
+    click(lambda: browser.find_element(By.CSS_SELECTOR, '.reroll[data-frame="1"]'))
     until(lambda: len(candidates(browser, 1)) == 4)
-    candidates(browser, 1)[2].click()
+    click(lambda: candidates(browser, 1)[2])
     until(lambda: "picked" in candidates(browser, 1)[2].get_attribute("class"))
     browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ARROW_DOWN, "2")  # frame 3 by keyboard: its #2
     until(lambda: browser.find_elements(By.ID, "video"))
     browser.save_screenshot(str(shots / "5-finished.png"))
     assert browser.find_element(By.ID, "gif").get_attribute("naturalWidth") != "0"
 
-    browser.find_element(By.ID, "close").click()
+    click(lambda: browser.find_element(By.ID, "close"))
     code, out = studio.finish()
     assert code == 0 and "wrote 5 frames" in out
     record = json.loads((run / "run.json").read_text())
