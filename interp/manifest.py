@@ -146,7 +146,8 @@ def tasks(path, out: str, schemes: list, common: list, prepare) -> list:
     base = os.path.dirname(os.path.abspath(path))
     options, found, problems, seen = _options(), [], [], {}
     try:
-        parse(["a.png", "b.png", "--prompt=x", *common], cls=_Refuse)
+        if parse(["a.png", "b.png", "--prompt=x", *common], cls=_Refuse).interactive:
+            raise UserError("--interactive: interp-batch runs without a person (open a run with interp-studio)")
     except UserError as e:
         raise UserError(f"the options for every row: {e}") from None
     for line, row in read_rows(path):

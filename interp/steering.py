@@ -5,7 +5,9 @@ move its pose keypoints before re-rolling. Without a person, CLIP picks (or the 
 Every decision is recorded in run.json under `steering`, as it is made:
 
     "steering": {"5": {"rolls": [{"prompt": null, "keypoints": null}, {"prompt": "a red ball", ...}],
-                       "pick": 9, "by": "person"}}
+                       "pick": 9, "by": "person", "prompt": "a red ball", "keypoints": null}}
+
+(`prompt` and `keypoints` at the end: what the frame's next re-roll would use.)
 
 Roll r >= 1 of frame i draws its k candidates from the noise key ("frame", i, "roll", r) with the prompt
 and keypoints recorded for it; candidate numbers run over the initial k and then each roll's k in order.
@@ -82,14 +84,24 @@ class Steering:
             for roll in self.record.get(index, {}).get("rolls", []):
                 pool.reroll(index, roll.get("prompt"), roll.get("keypoints"))
 
+    def _entry(self, index: int) -> dict:
+        return self.record.setdefault(index, {"rolls": [], "pick": None, "by": None})
+
+    def conditioning(self, index: int) -> dict:
+        """The prompt and keypoints a person set for the frame's next re-roll."""
+        entry = self.record.get(index, {})
+        return {"prompt": entry.get("prompt"), "keypoints": entry.get("keypoints")}
+
+    def note_conditioning(self, index: int, **fields) -> None:
+        self._entry(index).update(fields)
+        self._save()
+
     def note_roll(self, index: int, prompt, keypoints) -> None:
-        entry = self.record.setdefault(index, {"rolls": [], "pick": None, "by": None})
-        entry["rolls"].append({"prompt": prompt, "keypoints": keypoints})
+        self._entry(index)["rolls"].append({"prompt": prompt, "keypoints": keypoints})
         self._save()
 
     def note_pick(self, index: int, candidate: int, by: str) -> None:
-        entry = self.record.setdefault(index, {"rolls": [], "pick": None, "by": None})
-        entry.update(pick=candidate, by=by)
+        self._entry(index).update(pick=candidate, by=by)
         self._save()
 
     def forget(self, indices) -> None:

@@ -207,13 +207,16 @@ class Chooser:
 
     def __init__(self, studio: Studio, steering, conditioning):
         self.studio, self.steering, self.conditioning = studio, steering, conditioning
+        self.saved = {}  # frame -> how many of its candidates are on disk
 
     def _publish(self, pool, picks, own) -> None:
         out = self.studio.out
         frames = []
         for i in pool.indices:
-            scores = None if None in pool.scores[i] else pool.scores[i]
-            out.save_candidates(i, pool.images[i], scores, pool.clip_pick(i))  # on disk as they are made
+            if self.saved.get(i) != pool.count(i):  # on disk as they are made, for the page to show
+                scores = None if None in pool.scores[i] else pool.scores[i]
+                out.save_candidates(i, pool.images[i], scores, pool.clip_pick(i))
+                self.saved[i] = pool.count(i)
             files = out.state["candidates"][str(i)]["files"]
             frames.append({"index": i, "position": pool.runner.plan.positions[i], "clip_pick": pool.clip_pick(i),
                            "pick": picks[i], "prompt": own[i]["prompt"],
@@ -230,7 +233,8 @@ class Chooser:
     def choose(self, pool) -> dict:
         self.steering.replay(pool)
         picks = {i: self.steering.recorded_pick(pool, i) for i in pool.indices}
-        own = {i: {"prompt": None, "keypoints": None} for i in pool.indices}
+        own = {i: self.steering.conditioning(i) for i in pool.indices}
+        self.saved = {}
         while any(p is None for p in picks.values()):
             self._publish(pool, picks, own)
             command = self.studio.commands.get()
@@ -245,8 +249,10 @@ class Chooser:
                         self.steering.note_pick(j, picks[j], "clip")
             elif kind == "prompt":
                 own[i]["prompt"] = command["prompt"]
+                self.steering.note_conditioning(i, prompt=command["prompt"])
             elif kind == "pose":
                 own[i]["keypoints"] = command["keypoints"]
+                self.steering.note_conditioning(i, keypoints=command["keypoints"])
             elif kind == "reroll":
                 self.studio.show(status="working", message=f"re-rolling frame {i}")
                 pool.reroll(i, **own[i])

@@ -98,6 +98,8 @@ def test_a_manifest_with_bad_rows_is_refused_naming_each_row(tmp_path, tiny_ckpt
     assert code == 2 and "line 1: unknown column 'colour'" in err and "line 2: column 'scheme'" in err, err
     code, err = run_command(batch_main, [path, "--out", tmp_path / "runs", "--cfg", "-1"], capsys)
     assert code == 2 and err.startswith("error: the options for every row: argument --cfg"), err
+    code, err = run_command(batch_main, [path, "--out", tmp_path / "runs", "--interactive"], capsys)
+    assert code == 2 and "interp-batch runs without a person" in err, err
 
 
 def test_one_process_loads_the_models_once_and_resumes_nothing_twice(tmp_path, tiny_ckpt, capsys, monkeypatch):

@@ -64,8 +64,9 @@ def test_every_action_is_recorded_and_replayed_without_a_person(tmp_path, tiny_d
     record = json.loads((run / "run.json").read_text())
     steering = record["steering"]
     assert steering["2"] == {"rolls": [{"prompt": None, "keypoints": None}, {"prompt": "a red ball", "keypoints": None}],
-                             "pick": 5, "by": "person"}
+                             "pick": 5, "by": "person", "prompt": "a red ball"}
     assert steering["1"]["rolls"] == [{"prompt": None, "keypoints": moved}] and steering["1"]["pick"] == 3
+    assert steering["1"]["keypoints"] == moved  # the pose set, recorded before the re-roll that used it
     assert steering["3"]["by"] == "clip" and steering["3"]["pick"] == record["frames"]["3"]["kept"]
     assert record["frames"]["2"]["prompt"] == "a red ball" and record["frames"]["2"]["kept"] == 5
     assert record["frames"]["1"]["keypoints"] == moved and len(record["candidates"]["2"]["files"]) == 6
