@@ -8,7 +8,9 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from studio_session import Session, command, make_pair
 
@@ -114,4 +116,8 @@ def test_a_person_steers_a_run_in_the_browser(tmp_path, tiny_dir, clip_tiny, bro
     assert record["frames"]["1"]["keypoints"][0][4] == moved and steering["1"]["pick"] == 2
     assert steering["3"] == {"rolls": [], "pick": 1, "by": "person"}
     assert record["frames"]["2"]["kept"] == 3 and record["frames"]["3"]["kept"] == 1
+    for frame, kept in ((2, 3), (1, 2), (3, 1)):  # each frame is the candidate that was clicked
+        picture = np.asarray(Image.open(run / "frames" / f"frame_{frame:04d}.png"))
+        clicked = np.asarray(Image.open(run / "candidates" / f"frame_{frame:04d}_c{kept}.png"))
+        assert np.array_equal(picture, clicked), frame
     (shots / "timing.txt").write_text(f"click to the next round's candidates on the page: {click_to_round:.2f} s\n")
