@@ -16,9 +16,11 @@ SCRIPT = """
 import json, sys
 import ldm
 from ldm import weights
+from interp import studio
 sd = ldm.load_checkpoint(sys.argv[1])  # looks the file up in the catalog
 print(json.dumps({"ldm": ldm.__file__, "catalog": str(weights.CATALOG_PATH), "names": sorted(weights.catalog()),
-                  "weights_dir": str(weights.weights_dir()), "tokens": ldm.tokenize(["a photograph"])[0, :4].tolist()}))
+                  "weights_dir": str(weights.weights_dir()), "tokens": ldm.tokenize(["a photograph"])[0, :4].tolist(),
+                  "page": str(studio.PAGE), "page_installed": studio.PAGE.is_file()}))
 """
 
 
@@ -57,6 +59,7 @@ def test_a_non_editable_install_loads_and_knows_its_catalog(installed, tiny_ckpt
     site = str(python.parent.parent)
     assert got["ldm"].startswith(site) and got["catalog"].startswith(site), got
     assert "sd21-512-base" in got["names"]
+    assert got["page_installed"] and got["page"].startswith(site)  # the studio's page is package data
     assert got["weights_dir"] == str(home / ".cache" / "sd-interp" / "weights")
     assert got["tokens"][0] == 49406  # the start token: the vocabulary was installed
 
