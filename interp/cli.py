@@ -251,11 +251,11 @@ def main(argv=None):
 
 def studio_main(argv=None):
     """`interp-studio RUN_DIR [--host H] [--port P]`: reopen a run in the studio, to finish or revise it."""
-    from ldm.runtime import Parser
+    from ldm.runtime import Parser, number
     p = Parser(prog="interp-studio", description="Reopen a run folder of interpolate in the interactive studio.")
     p.add_argument("run_dir")
     p.add_argument("--host", default="127.0.0.1", help="address the page is served on")
-    p.add_argument("--port", type=int, default=0, help="port of the page (0: any free one)")
+    p.add_argument("--port", type=number(int, 0, 65535), default=0, help="port of the page (0: any free one)")
     args = p.parse_args(argv)
     run(lambda: interpolate(from_run(args.run_dir, interactive=True, host=args.host, port=args.port)),
         errors=(UserError, PoseError), interrupted=f"interrupted: {args.run_dir} keeps the finished frames and choices")
