@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from ldm import weights
-from ldm.runtime import COMPILED_BATCH, check_device, progress, resolve_dtype, run
+from ldm.runtime import COMPILED_BATCH, Parser, check_device, number, progress, resolve_dtype, run
 from ldm.images import frame_size, open_image, parse_size, placement, placement_warnings, to_tensor
 from ldm.errors import UserError
 from ldm.files import check_writable
@@ -251,7 +251,6 @@ def main(argv=None):
 
 def studio_main(argv=None):
     """`interp-studio RUN_DIR [--host H] [--port P]`: reopen a run in the studio, to finish or revise it."""
-    from ldm.runtime import Parser, number
     p = Parser(prog="interp-studio", description="Reopen a run folder of interpolate in the interactive studio.")
     p.add_argument("run_dir")
     p.add_argument("--host", default="127.0.0.1", help="address the page is served on")
