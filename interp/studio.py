@@ -74,6 +74,7 @@ class Studio:
                      "message": "loading"}
         self.version = 0
         self.choosing = None  # {frame: candidate count} while a round waits for the person
+        self.turn = 0         # which wait that is: a command sent during one is never carried out in another
         try:
             self.server = http.server.ThreadingHTTPServer((host, port), _Handler)
         except OSError as e:
@@ -125,7 +126,7 @@ class Studio:
 
     def submit(self, kind: str, body: dict) -> None:
         with self.lock:
-            choosing = self.choosing
+            choosing, turn = self.choosing, self.turn
             finished = self.view["status"] == "finished"
         if kind in ("pick", "reroll", "prompt", "pose"):
             if choosing is None:
@@ -166,7 +167,7 @@ class Studio:
                 command["frame"] = frame
         else:
             raise BadRequest(f"unknown action {kind!r}")
-        self.commands.put(command)
+        self.commands.put({**command, "turn": turn})
 
     def _keypoints(self, people) -> list:
         if not self.can_pose:
@@ -225,6 +226,7 @@ class Chooser:
                                           for c, (f, s) in enumerate(zip(files, pool.scores[i]))]})
         with self.studio.lock:
             self.studio.choosing = {i: pool.count(i) for i in pool.indices}
+            self.turn = self.studio.turn
         round_index = pool.runner.round_of[pool.indices[0]]
         self.studio.show(status="choosing", round={"index": round_index, "frames": frames}, error=None,
                          message=f"round {round_index + 1} of {len(pool.runner.plan.rounds)}: choose a candidate "
@@ -235,9 +237,13 @@ class Chooser:
         picks = {i: self.steering.recorded_pick(pool, i) for i in pool.indices}
         own = {i: self.steering.conditioning(i) for i in pool.indices}
         self.saved = {}
+        with self.studio.lock:
+            self.studio.turn += 1
         while any(p is None for p in picks.values()):
             self._publish(pool, picks, own)
             command = self.studio.commands.get()
+            if command["turn"] != self.turn:  # sent while an earlier round waited (a double click)
+                continue
             kind, i = command["kind"], command.get("frame")
             if kind == "pick":
                 picks[i] = command["candidate"]

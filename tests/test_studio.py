@@ -166,6 +166,14 @@ def test_the_studio_refuses_what_it_should(tmp_path, tiny_dir, clip_tiny, pair, 
     assert "unknown action" in studio.post("delete", {})[1]["error"]
     assert studio.state()["error"]  # the page shows the last refusal
     assert studio.frame(studio.state(), 2)["pick"] is None  # nothing was changed by them
+    # a double click: the second pick, queued while round 0 ends, is not carried out in round 1
+    assert studio.post("pick", {"frame": 2, "candidate": 0})[0] == 200
+    studio.post("pick", {"frame": 2, "candidate": 1})
+    s = studio.wait("choosing", 1)
+    time.sleep(0.5)
+    s = studio.state()
+    assert [f["pick"] for f in s["round"]["frames"]] == [None, None] and s["status"] == "choosing"
+    assert json.loads((run / "run.json").read_text())["steering"]["2"]["pick"] == 0  # the first click stands
     studio.process.send_signal(signal.SIGINT)
     studio.finish()
 
