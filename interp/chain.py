@@ -50,10 +50,9 @@ def make(s, make_pair, prepare) -> Chain:
         runs.append(make_pair(part))
     frames = [(run, i) for k, run in enumerate(runs) for i in range(1 if k else 0, run.count)]
     outputs, codec = write_outputs(s.out, [open_frame(run.frame_path(i)) for run, i in frames], s.fps)
-    folder = {id(run): os.path.basename(run.path) for run in runs}
     write_json(os.path.join(s.out, CHAIN), {
-        "images": list(s.images), "segments": [folder[id(run)] for run in runs],
-        "frames": [[folder[id(run)], i] for run, i in frames], "fps": s.fps, "outputs": outputs,
+        "images": list(s.images), "segments": [os.path.basename(run.path) for run in runs],
+        "frames": [[os.path.basename(run.path), i] for run, i in frames], "fps": s.fps, "outputs": outputs,
         "video_codec": codec})
     print(f"wrote a chain of {len(frames)} frames through {len(s.images)} images to {s.out}")
     return Chain(s.out, runs, frames)

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from ldm import weights
-from ldm.runtime import COMPILED_BATCH, Parser, check_device, number, progress, resolve_dtype, run
+from ldm.runtime import COMPILED_BATCH, Parser, check_device, progress, resolve_dtype, run
 from ldm.images import frame_size, open_image, parse_size, placement, placement_warnings, to_tensor
 from ldm.errors import UserError
 from ldm.files import check_writable
@@ -35,7 +35,7 @@ from .models import Models
 from .output import RunDir
 from .rank import CLIPScorer
 from .schemes import scheme as find_scheme
-from .settings import Settings, from_run, parse
+from .settings import Settings, add_studio_args, from_run, parse
 from .steering import Steering
 from .studio import Studio
 
@@ -121,7 +121,7 @@ def prepare(s: Settings) -> tuple:
 
 def _open_studio(s: Settings, out: RunDir, plan, scheme) -> Studio:
     studio = Studio(out, plan, s.host, s.port, can_reroll=scheme.ranks)
-    if studio.url.split("/")[2] not in (f"127.0.0.1:{studio.port}", f"localhost:{studio.port}"):
+    if studio.exposed:
         print(f"warning: the studio is served on {s.host}, so other machines may reach it (anyone with the "
               "URL's token can steer the run)", file=sys.stderr)
     print("[studio] open this page in a browser to steer the run (Ctrl-C stops it; rerun to resume):", file=sys.stderr)
@@ -253,8 +253,7 @@ def studio_main(argv=None):
     """`interp-studio RUN_DIR [--host H] [--port P]`: reopen a run in the studio, to finish or revise it."""
     p = Parser(prog="interp-studio", description="Reopen a run folder of interpolate in the interactive studio.")
     p.add_argument("run_dir")
-    p.add_argument("--host", default="127.0.0.1", help="address the page is served on")
-    p.add_argument("--port", type=number(int, 0, 65535), default=0, help="port of the page (0: any free one)")
+    add_studio_args(p)
     args = p.parse_args(argv)
     run(lambda: interpolate(from_run(args.run_dir, interactive=True, host=args.host, port=args.port)),
         errors=(UserError, PoseError), interrupted=f"interrupted: {args.run_dir} keeps the finished frames and choices")

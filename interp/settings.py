@@ -7,6 +7,8 @@ iterations of their scripts. `--preview` is a project profile for a quick look o
 """
 import argparse
 import dataclasses
+import json
+import os
 from dataclasses import dataclass
 
 from ldm.errors import UserError
@@ -155,6 +157,13 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def add_studio_args(p) -> None:
+    """Where the studio's page is served (`interpolate --interactive`, `interp-studio`)."""
+    p.add_argument("--host", default="127.0.0.1", help="address the page is served on (another than 127.0.0.1 "
+                   "exposes it to the network)")
+    p.add_argument("--port", type=number(int, 0, 65535), default=0, help="port of the page (0: any free one)")
+
+
 def parser(cls=Parser) -> argparse.ArgumentParser:
     p = cls(prog="interpolate", formatter_class=_Help,
             description="Interpolate between two images with Stable Diffusion 2.1 (Wang & Golland 2023); "
@@ -185,9 +194,7 @@ def parser(cls=Parser) -> argparse.ArgumentParser:
     studio = p.add_argument_group("the interactive mode (end of Section 4.4)")
     studio.add_argument("--interactive", action="store_true",
                         help="choose, re-roll and steer the frames of each round in a local web page (its URL is printed)")
-    studio.add_argument("--host", default="127.0.0.1", help="address the page is served on (another than 127.0.0.1 "
-                        "exposes it to the network)")
-    studio.add_argument("--port", type=number(int, 0, 65535), default=0, help="port of the page (0: any free one)")
+    add_studio_args(studio)
 
     method = p.add_argument_group("the method (Sections 4.1 and 5.1)")
     method.add_argument("--scheme", choices=[*SCHEMES, *ALIASES], default="ours",
@@ -259,8 +266,6 @@ def parse(argv=None, cls=Parser) -> Settings:
 
 def from_run(folder, **changes) -> Settings:
     """The settings of the run in `folder` (from its run.json), with `changes`: to reopen a run."""
-    import json
-    import os
     path = os.path.join(folder, "run.json")
     try:
         with open(path, encoding="utf-8") as f:

@@ -81,10 +81,11 @@ class Studio:
             raise UserError(f"cannot serve the studio on {host}:{port} ({e.strerror or e}): choose another --port") from None
         self.server.studio = self
         self.port = self.server.server_address[1]
-        names = {host}
-        if _address(host) is not None and _address(host).is_loopback:
+        names, address = {host}, _address(host)
+        self.exposed = not (host == "localhost" or (address is not None and address.is_loopback))
+        if address is not None and address.is_loopback:
             names |= {"localhost", "127.0.0.1"}
-        if _address(host) is not None and _address(host).is_unspecified:  # every interface: the machine's names
+        if address is not None and address.is_unspecified:  # every interface: the machine's names
             names = {"localhost", "127.0.0.1", socket.gethostname(), socket.getfqdn()}
             names |= {a[4][0] for a in _addresses(socket.gethostname())}
             host = socket.gethostname()
