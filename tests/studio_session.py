@@ -47,7 +47,8 @@ class Session:
         self.process = subprocess.Popen([*args, *interactive], env=env, stderr=subprocess.PIPE, text=True,
                                         stdout=subprocess.PIPE)
         self.lines, self.url = [], None
-        threading.Thread(target=self._read, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)  # the only reader of stderr
+        self.reader.start()
         deadline = time.time() + 120
         while self.url is None:
             assert time.time() < deadline and self.process.poll() is None, "".join(self.lines)
@@ -98,5 +99,8 @@ class Session:
         return next(f for f in s["round"]["frames"] if f["index"] == index)
 
     def finish(self):
-        out, _ = self.process.communicate(timeout=60)
+        """The exit code and stdout, once the process has ended and all of its stderr is in `lines`."""
+        self.process.wait(timeout=60)  # stdout holds a few closing lines: far too few to fill its pipe
+        out = self.process.stdout.read()
+        self.reader.join(timeout=60)
         return self.process.returncode, out
