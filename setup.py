@@ -33,5 +33,7 @@ setup(
         "interpolate = interp.cli:main",
         "interp-batch = interp.batch:main",
         "interp-studio = interp.cli:studio_main",
+        "interp-eval = interp.evaluate:main",
+        "interp-retime = interp.retime:main",
     ]},
 )

@@ -10,7 +10,9 @@
 5. Frames, latents, candidates, a video (interp/video.py), a GIF, a contact sheet and run.json are written to DIR; an
    interrupted run restarted with the same DIR and settings picks up where it stopped.
 """
+import dataclasses
 import hashlib
+import json
 import os
 import sys
 import time
@@ -21,13 +23,14 @@ from PIL import Image
 
 from ldm import weights
 from ldm.runtime import COMPILED_BATCH, Parser, check_device, progress, resolve_dtype, run
-from ldm.images import frame_size, open_image, parse_size, placement, placement_warnings, to_tensor
+from ldm.images import frame_size, open_image, parse_size, placement, placement_warnings, to_pil, to_tensor
 from ldm.errors import UserError
 from ldm.files import check_writable
 from ldm.pipeline import img2img
+from ldm.safetensors_io import SafetensorsFile
 from pose.errors import PoseError
 
-from . import chain, inversion, video
+from . import chain, inversion, retime, video
 from .conditioning import PoseConditioning, TextConditioning, read_keypoints
 from .frames import descendants
 from .interpolator import Interpolator
@@ -131,9 +134,26 @@ def _open_studio(s: Settings, out: RunDir, plan, scheme) -> Studio:
 
 
 def interpolate(s: Settings, models: Models = None):
-    """Make the run of settings `s` (a RunDir; a chain.Chain for more than two images; None with --fetch-only),
-    loading the networks into `models` (or reusing those it holds)."""
+    """Make the run of settings `s` (a RunDir; a chain.Chain for more than two images; None with --fetch-only;
+    with --retime what retime.json records), loading the networks into `models` (or reusing those it holds)."""
     models = models or Models()
+    if s.retime:  # Section 5.2: a pass, then the same sequence at perceptually even positions
+        return retime.retime(s, lambda settings: _make(dataclasses.replace(settings, retime=None), models),
+                             lambda folder: _decoded_inputs(s, models, folder))
+    return _make(s, models)
+
+
+def _decoded_inputs(s: Settings, models: Models, folder: str) -> list:
+    """The two inputs of the finished run in `folder` as the VAE decodes their latents (PIL images)."""
+    sd = models.sd(s, weights.resolve(s.ckpt, "sd"))
+    with open(os.path.join(folder, "run.json"), encoding="utf-8") as f:
+        frames = json.load(f)["frames"]
+    z = torch.cat([SafetensorsFile(os.path.join(folder, frames[k]["latent"])).read("latent")
+                   for k in ("0", str(len(frames) - 1))])
+    return to_pil(sd.decode_latents(z.to(sd.device)))
+
+
+def _make(s: Settings, models: Models):
     if len(s.images) > 2:
         return chain.make(s, lambda segment: _pair(segment, models), prepare)
     return _pair(s, models)

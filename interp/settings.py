@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from ldm.errors import UserError
 from ldm.runtime import Parser, add_model_args, number
 
+from .measure import SPACES, add_feature_args
 from .rank import NEGATIVE, POSITIVE
 from .schedules import SCHEDULES
 from .schemes import ALIASES, SCHEMES
@@ -24,7 +25,7 @@ PREVIEW = {"size": "256", "steps": 50, "inversion_steps": 50, "candidates": 1}
 # Not part of a run's identity (left out of the resume check): where it goes, how fast it is made, and how
 # the inputs were spelled (their content is: run.json holds their sha256).
 NOT_COMPARED = ("out", "overwrite", "preview", "fps", "max_batch", "compile", "images", "fetch_only", "interactive",
-                "host", "port")
+                "host", "port", "retime", "inception", "lpips_backbone", "lpips_heads")
 # Asked for in the settings, but recorded in run.json as what they came to (a size, the model's prediction
 # type, a dtype for "auto").
 RESOLVED = ("size", "prediction", "dtype")
@@ -76,6 +77,10 @@ class Settings:
     interactive: bool
     host: str
     port: int
+    retime: str
+    inception: str
+    lpips_backbone: str
+    lpips_heads: str
 
     def level_args(self) -> dict:
         """--round-levels: one level per round (whole numbers >= 1 are timesteps); else the --levels range."""
@@ -214,6 +219,13 @@ def parser(cls=Parser) -> argparse.ArgumentParser:
     method.add_argument("--warp", type=_warp, default=None,
                         help="affine latent motion (Section 5.2), e.g. zoom=1.5,center=0.5:0.4,pan=0.1:0,rotate=10")
 
+    timing = p.add_argument_group("perceptual re-timing (Section 5.2)")
+    timing.add_argument("--retime", nargs="?", const="lpips-alex", choices=list(SPACES), default=None,
+                        help="after the pass, measure the steps between adjacent frames in this feature space "
+                             "(default lpips-alex) and make the sequence again at positions that even them out, "
+                             "into OUT/retimed")
+    add_feature_args(timing, clip=False)  # the clip space uses --clip
+
     text = p.add_argument_group("textual inversion (Section 4.2)")
     text.add_argument("--inversion-steps", type=number(int, 0), default=None, help="iterations, each updating both images' "
                       "embeddings and the shared negative (full: 200; 0: off)")
@@ -256,6 +268,9 @@ def parse(argv=None, cls=Parser) -> Settings:
         p.error(f"--poses takes one keypoint file per image: {len(args['images'])}, not {len(args['poses'])}")
     if args["prompt_b"] is not None and len(args["images"]) > 2:
         p.error("--prompt-b is for two images; a chain uses --prompt for every image")
+    if args["retime"] and (len(args["images"]) > 2 or args["interactive"]):
+        p.error("--retime is for a run of two images without --interactive (re-time a chain's segments, or a "
+                "steered run, with interp-retime)")
     for key, value in (PREVIEW if args["preview"] else FULL).items():
         if args[key] is None:
             args[key] = value

@@ -1,8 +1,8 @@
 """The weights catalog (`weights/catalog.json`, installed with the package as `ldm/catalog/catalog.json`)
 and downloads into the user's cache (`~/.cache/sd-interp/weights`, or `$SD_INTERP_WEIGHTS`).
 
-A catalog entry names a checkpoint the project knows: its Hugging Face mirrors, its file name, the
-pinned sha256 (where known) and facts the tensors cannot tell (prediction type, native image size).
+A catalog entry names a checkpoint the project knows: its mirrors (on the Hugging Face Hub, or plain HTTPS
+URLs), its file name, the pinned sha256 (where known) and facts the tensors cannot tell (prediction type, native image size).
 `fetch(name)` returns a verified local path, downloading with huggingface-hub on first use.
 """
 import functools
@@ -58,14 +58,19 @@ def fingerprint(path) -> str:
 
 
 def _verify(path: Path, entry: dict) -> None:
-    """Check a file against its pinned sha256 once; a `.sha256` stamp beside it records success."""
+    """Check a file against its pinned sha256 (or the `sha256_prefix` its published name carries) once; a
+    `.sha256` stamp beside it records success."""
+    pinned, prefix = entry.get("sha256"), entry.get("sha256_prefix") or ""
+    if not (pinned or prefix):
+        return
     stamp = _stamp_path(path)
-    if not entry.get("sha256") or (stamp.exists() and stamp.read_text().strip() == entry["sha256"]):
+    known = stamp.read_text().strip() if stamp.exists() else None
+    if known and (known == pinned or (not pinned and known.startswith(prefix))):
         return
     actual = sha256_of(path)
-    if actual != entry["sha256"]:
-        raise UserError(f"{path} has sha256 {actual}, but the catalog pins {entry['sha256']}: "
-                        f"delete the file and download it again")
+    if (pinned and actual != pinned) or not actual.startswith(prefix):
+        expected = f"the catalog pins {pinned}" if pinned else f"the published one starts with {prefix}"
+        raise UserError(f"{path} has sha256 {actual}, but {expected}: delete the file and download it again")
     _stamp(path, actual)
 
 
@@ -96,11 +101,17 @@ def _lfs_sha256(etag):
     return etag if etag and re.fullmatch(r"[0-9a-f]{64}", etag) else None
 
 
+def _source(mirror: dict) -> str:
+    """Where a mirror serves the file: `repo/path` on the Hugging Face Hub, or a plain HTTPS `url` (files
+    published outside the Hub, e.g. torchvision's and pytorch-fid's)."""
+    return mirror.get("url") or f"{mirror['repo']}/{mirror['path']}"
+
+
 def _download(entry: dict, dest: Path) -> None:
     """Download `entry` to `dest` from the first mirror that serves it with the right sha256 (the pinned
-    one, else the Hub's own LFS sha256). The bytes go to `<dest>.<etag>.part` first; an interrupted download
-    (Ctrl-C, a lost connection, a killed process) leaves that file, and the next try resumes it with an
-    HTTP Range request."""
+    one, else the Hub's own LFS sha256; a `sha256_prefix` is the 8 digits a file's published name carries).
+    The bytes go to `<dest>.<etag>.part` first; an interrupted download (Ctrl-C, a lost connection, a killed
+    process) leaves that file, and the next try resumes it with an HTTP Range request."""
     try:
         from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
         from huggingface_hub.file_download import http_get
@@ -108,21 +119,24 @@ def _download(entry: dict, dest: Path) -> None:
     except ImportError:  # pragma: no cover - huggingface-hub is a declared dependency
         raise UserError("huggingface-hub is not installed: pip install huggingface-hub") from None
     from tqdm import tqdm
-    where = ", ".join(f"{m['repo']}/{m['path']}" for m in entry["mirrors"])
-    by_hand = f"download it by hand from Hugging Face ({where}) and put it at {dest}"
+    by_hand = f"download it by hand ({', '.join(map(_source, entry['mirrors']))}) and put it at {dest}"
     if constants.HF_HUB_OFFLINE:
         raise UserError(f"could not download {entry['file']} (HF_HUB_OFFLINE is set): {by_hand}")
-    if not _reachable(constants.ENDPOINT):
-        raise UserError(f"could not download {entry['file']} ({constants.ENDPOINT} cannot be reached: "
-                        f"offline?): {by_hand}")
     errors = []
     for mirror in entry["mirrors"]:
-        try:
-            meta = get_hf_file_metadata(hf_hub_url(mirror["repo"], mirror["path"]))
-        except Exception as e:  # gated, removed, a server error: try the next mirror
-            errors.append(f"{mirror['repo']}: {type(e).__name__}")
+        hub = "url" not in mirror
+        url = hf_hub_url(mirror["repo"], mirror["path"]) if hub else mirror["url"]
+        name = mirror["repo"] if hub else urllib.parse.urlsplit(url).hostname
+        if not _reachable(constants.ENDPOINT if hub else url):
+            errors.append(f"{name} cannot be reached (offline?)")
             continue
-        expected = entry.get("sha256") or _lfs_sha256(meta.etag)
+        token = None if hub else False  # the user's Hugging Face token goes to the Hub only
+        try:
+            meta = get_hf_file_metadata(url, token=token)
+        except Exception as e:  # gated, removed, a server error: try the next mirror
+            errors.append(f"{name}: {type(e).__name__}")
+            continue
+        expected = entry.get("sha256") or (_lfs_sha256(meta.etag) if hub else None)
         part = dest.with_name(f"{dest.name}.{(meta.etag or 'no-etag')[:16]}.part")
         done = part.stat().st_size if part.exists() else 0
         if meta.size is not None and done > meta.size:  # not a prefix of this file
@@ -135,16 +149,21 @@ def _download(entry: dict, dest: Path) -> None:
         try:
             with open(part, "ab") as f:
                 # a progress bar even when stderr is not a terminal (huggingface-hub's own shows on terminals only)
-                http_get(meta.location, f, resume_size=done, headers=build_hf_headers(), expected_size=meta.size,
-                         displayed_filename=mirror["path"].rsplit("/", 1)[-1], tqdm_class=tqdm)
+                http_get(meta.location, f, resume_size=done, headers=build_hf_headers(token=token),
+                         expected_size=meta.size, displayed_filename=_source(mirror).rsplit("/", 1)[-1],
+                         tqdm_class=tqdm)
         except Exception as e:  # the part file stays, for the next try to resume
-            errors.append(f"{mirror['repo']}: {type(e).__name__} (run again to resume)")
+            errors.append(f"{name}: {type(e).__name__} (run again to resume)")
             continue
         actual = sha256_of(part)
-        if expected is not None and actual != expected:  # never put a wrong file in place
+        wrong = None
+        if expected is not None and actual != expected:
+            wrong = f"not the {'pinned' if entry.get('sha256') else 'Hub-listed'} {expected}"
+        elif not actual.startswith(entry.get("sha256_prefix", "")):
+            wrong = f"not one starting with {entry['sha256_prefix']}"
+        if wrong:  # never put a wrong file in place
             part.unlink()
-            errors.append(f"{mirror['repo']} served sha256 {actual}, not the "
-                          f"{'pinned' if entry.get('sha256') else 'Hub-listed'} {expected}")
+            errors.append(f"{name} served sha256 {actual}, {wrong}")
             continue
         part.replace(dest)
         _stamp(dest, actual)
@@ -162,7 +181,7 @@ def fetch(name: str, download: bool = True) -> Path:
     if not dest.exists():
         if not download:
             raise UserError(f"{dest} is missing: download {entry['file']} from "
-                            f"{entry['mirrors'][0]['repo']} on Hugging Face into {dest.parent}")
+                            f"{_source(entry['mirrors'][0])} into {dest.parent}")
         dest.parent.mkdir(parents=True, exist_ok=True)
         _download(entry, dest)
     _verify(dest, entry)
@@ -212,9 +231,9 @@ def resolve_all(wanted: list, download: bool = True) -> list:
         raise failed[0][1]
     if failed:
         listed = "; ".join(f"{name} ({entries[name]['file']}, {_size(entries[name])}, from "
-                           f"{entries[name]['mirrors'][0]['repo']})" for name, _ in failed)
+                           f"{_source(entries[name]['mirrors'][0])})" for name, _ in failed)
         raise UserError(f"{len(failed)} files are missing and could not be downloaded: {listed}. Download them "
-                        f"from Hugging Face into {weights_dir()} (or set $SD_INTERP_WEIGHTS)")
+                        f"into {weights_dir()} (or set $SD_INTERP_WEIGHTS)")
     return [fetched[c] if isinstance(c, str) else c for c in checked]
 
 

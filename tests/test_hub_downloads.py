@@ -23,6 +23,7 @@ class Hub(http.server.ThreadingHTTPServer):
     def __init__(self):
         super().__init__(("127.0.0.1", 0), HubHandler)
         self.files, self.requests = {}, []
+        self.tokens = []           # the Authorization header of each request (None: not sent)
         self.etags = {}            # {(repo, path): ETag served instead of the bytes' sha256}
         self.stall_after = None    # a whole-file GET sends this many bytes, then waits for `resume`
         self.resume = threading.Event()
@@ -41,6 +42,7 @@ class HubHandler(http.server.BaseHTTPRequestHandler):
         return key, self.server.files.get(key)
 
     def _headers(self, status, data, length):
+        self.server.tokens.append(self.headers.get("Authorization"))
         self.send_response(status)
         self.send_header("X-Repo-Commit", "0" * 40)
         self.send_header("ETag", f'"{self.server.etags.get(self._lookup()[0]) or hashlib.sha256(data).hexdigest()}"')
@@ -181,3 +183,27 @@ def test_an_interrupted_download_resumes_where_it_stopped(hub, tmp_path, stop):
     assert ("GET", f"/{CLIP[0]}/resolve/main/{CLIP[1]}", f"bytes={kept}-") in hub.requests
     assert f"resuming the download of clip-vit-l14-openai.safetensors: {kept / 1e6:.1f} of 25.2 MB" in err
     assert not list((tmp_path / "weights").glob("*.part"))
+
+
+@pytest.mark.parametrize("prefix_ok", [True, False], ids=["published-prefix", "other-file"])
+def test_a_file_published_outside_the_hub_is_fetched_by_url_without_the_users_token(hub, tmp_path, monkeypatch,
+                                                                                      prefix_ok):
+    from ldm import weights
+    from ldm.errors import UserError
+    data = os.urandom(1 << 20)
+    sha = hashlib.sha256(data).hexdigest()
+    hub.files[("releases/download", "pt.pth")] = data  # served at /releases/download/resolve/fid_weights/pt.pth
+    entry = {"kind": "inception", "file": f"pt-{sha[:8]}.pth", "sha256": None,
+             "sha256_prefix": sha[:8] if prefix_ok else "00000000",
+             "mirrors": [{"url": f"{hub.url}/releases/download/resolve/fid_weights/pt.pth"}]}
+    monkeypatch.setattr(weights, "catalog", lambda: {"fid": entry})
+    monkeypatch.setenv("SD_INTERP_WEIGHTS", str(tmp_path))
+    monkeypatch.setenv("HF_TOKEN", "hf_not_for_other_hosts")
+    if prefix_ok:
+        assert weights.fetch("fid").read_bytes() == data
+        assert (tmp_path / f"{entry['file']}.sha256").read_text().strip() == sha
+    else:
+        with pytest.raises(UserError, match=f"served sha256 {sha}, not one starting with 00000000"):
+            weights.fetch("fid")
+        assert not list(tmp_path.iterdir())
+    assert hub.tokens and not any(hub.tokens)

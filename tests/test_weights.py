@@ -19,8 +19,10 @@ def test_catalog_entries_are_complete():
     assert {"sd21-768-v", "sd21-512-base", "controlnet-sd21-openpose"} <= entries.keys()
     for name, entry in entries.items():
         assert entry["kind"] and entry["file"] and entry["mirrors"], name
-        assert all(m["repo"].count("/") == 1 and m["path"] for m in entry["mirrors"]), name
+        assert all(m["url"].startswith("https://") if "url" in m else m["repo"].count("/") == 1 and m["path"]
+                   for m in entry["mirrors"]), name
         assert entry.get("sha256") is None or len(entry["sha256"]) == 64, name
+        assert entry.get("sha256_prefix") is None or entry["sha256_prefix"] in entry["file"], name
     assert entries["sd21-768-v"]["prediction"] == "v" and entries["sd21-512-base"]["prediction"] == "eps"
     assert entries["sd21-768-v"]["mirrors"][0]["repo"] == "webui/stable-diffusion-2-1"
 
@@ -45,6 +47,17 @@ def test_verified_file_is_stamped(weights_dir, monkeypatch):
     path.write_bytes(b"abc")
     weights._verify(path, entry)
     assert (weights_dir / "x.safetensors.sha256").read_text().strip() == entry["sha256"]
+
+
+def test_a_file_placed_by_hand_is_checked_against_the_prefix_its_name_carries(weights_dir):
+    entry = {"file": "w-ba7816bf.pth", "sha256": None, "sha256_prefix": hashlib.sha256(b"abc").hexdigest()[:8]}
+    path = weights_dir / entry["file"]
+    path.write_bytes(b"abd")
+    with pytest.raises(UserError, match="but the published one starts with ba7816bf: delete the file"):
+        weights._verify(path, entry)
+    path.write_bytes(b"abc")
+    weights._verify(path, entry)
+    assert (weights_dir / "w-ba7816bf.pth.sha256").exists()
 
 
 def test_resolve(tmp_path):

@@ -1,0 +1,174 @@
+"""interp-eval and perceptual re-timing on tiny-model runs of all six schemes, with the metric networks at
+seeded synthetic weights (tests/metric_weights.py): the report's files and plots, its numbers recomputed by
+hand, the cache, the bad inputs, and re-timing evening out the steps."""
+import csv
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import DATA
+from metric_weights import manifest, synthetic_state
+from studio_session import make_pair
+
+from interp import evaluate, measure
+from interp.retime import even_positions
+from interp.schemes import SCHEMES
+
+
+def tiny_run(tmp_path, tiny_dir, clip_tiny, out, scheme, *extra, pair="a"):
+    args = ["interpolate", str(tmp_path / f"{pair}.png"), str(tmp_path / "b.png"), "--prompt", "a ball",
+            "--ckpt", str(tiny_dir / "tiny.safetensors"), "--controlnet", str(tiny_dir / "controlnet.safetensors"),
+            "--poses", str(tmp_path / f"{pair}.json"), str(tmp_path / "b.json"), "--clip", str(clip_tiny),
+            "--clip-config", str(DATA / "clip" / "clip_config.json"), "--frames", "5", "--steps", "10",
+            "--size", "64", "--inversion-steps", "1", "--scheme", scheme,
+            "--candidates", "2" if scheme.startswith("ours") else "1", "--out", str(out), *extra]
+    done = subprocess.run(args, capture_output=True, text=True,
+                          env={**os.environ, "SD_INTERP_CACHE": str(tmp_path / "cache")})
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_dir, clip_tiny):
+    """Two pairs (a -> b and c -> b) under all six schemes, in an interp-batch-like tree."""
+    root = tmp_path_factory.mktemp("runs")
+    make_pair(root)
+    c = Image.open(root / "a.png").transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    c.save(root / "c.png")
+    (root / "c.json").write_text((root / "a.json").read_text())
+    for scheme in SCHEMES:
+        tiny_run(root, tiny_dir, clip_tiny, root / "out" / "ab" / scheme, scheme)
+    for scheme in ("did", "ours"):
+        tiny_run(root, tiny_dir, clip_tiny, root / "out" / "cb" / scheme, scheme, pair="c")
+    return root
+
+
+@pytest.fixture(scope="module")
+def metric_files(tmp_path_factory):
+    """The metric networks' weights, seeded and in the real layouts: Inception as .safetensors (as a user
+    converts it), AlexNet and the LPIPS heads as .pth (as published)."""
+    from safetensors.torch import save_file
+    d = tmp_path_factory.mktemp("metric_weights")
+    save_file(synthetic_state(manifest("inception")), d / "inception.safetensors")
+    features = {k: shape for k, shape in manifest("alexnet").items() if not k.startswith("classifier.")}
+    torch.save(synthetic_state(features), d / "alexnet.pth")  # the classifier, unused by LPIPS, left out
+    torch.save(synthetic_state(manifest("lpips_alex_heads")), d / "alex.pth")
+    return d
+
+
+def weight_args(metric_files, clip_tiny):
+    return ["--inception", str(metric_files / "inception.safetensors"), "--lpips-backbone",
+            str(metric_files / "alexnet.pth"), "--lpips-heads", str(metric_files / "alex.pth"),
+            "--clip", str(clip_tiny), "--clip-config", str(DATA / "clip" / "clip_config.json")]
+
+
+def test_gini_and_path_metrics():
+    assert measure.gini([1, 1, 1]) == 0 and measure.gini([0, 0, 3]) == pytest.approx(2 / 3)
+    m = measure.path_metrics([0.1, 0.3, 0.2])
+    assert m["total"] == pytest.approx(0.6) and m["max"] == 0.3
+    assert m["smoothness"] == pytest.approx(1 - (2 * (0.2 + 0.1 + 0.1)) / (2 * 9 * 0.2))
+
+
+def test_even_positions_invert_the_path_length():
+    # steps proportional to the squares of the position gaps' ends: s(p) = p^2, so even s lands at sqrt(i / N)
+    p = np.linspace(0, 1, 9)
+    s = p ** 2
+    new = even_positions(p, np.diff(s))
+    assert new[0] == 0.0 and new[-1] == 1.0 and all(b > a for a, b in zip(new, new[1:]))
+    expected = np.interp(np.linspace(0, 1, 9), s, p)  # the piecewise-linear inverse of s at the frames
+    assert np.allclose(new, expected, atol=1e-12)
+    assert np.allclose(even_positions(p, np.full(8, 0.3)), p)  # already even: unchanged
+    flat = even_positions(p, [0, 0, 1, 0, 0, 0, 0, 0])  # zero steps still give distinct positions
+    assert all(b > a for a, b in zip(flat, flat[1:]))
+
+
+def test_interp_eval_writes_table_1_for_all_six_schemes(runs, metric_files, clip_tiny, tmp_path, capsys):
+    out = tmp_path / "report"
+    report = evaluate.evaluate(evaluate.parser().parse_args(
+        [str(runs / "out"), "--features", "inception,lpips-alex,clip", "--out", str(out),
+         *weight_args(metric_files, clip_tiny)]))
+    printed = capsys.readouterr().out
+    assert list(report["schemes"]) == list(SCHEMES) and report["pairs"] == 2 and len(report["sequences"]) == 8
+    assert report["schemes"]["ours"]["sequences"] == 2 and report["schemes"]["ours"]["pairs"] == 2
+    for name, row in report["schemes"].items():
+        assert row["fid_all"] is not None and np.isfinite(row["fid_all"]) and row["fid_all"] >= 0
+        for space in ("inception", "lpips-alex", "clip"):
+            m = row["spaces"][space]
+            assert m["total_mean"] > 0 and m["max_mean"] <= m["total_mean"] and 0 <= m["smoothness_mean"] <= 1
+    assert "| ours | 2 |" in printed and f"wrote {out / 'report.md'}" in printed
+
+    # The path length of one sequence, recomputed from its frames with the network itself.
+    from ldm.inception import load_inception
+    net = load_inception(metric_files / "inception.safetensors")
+    seq = measure.Sequence.read(runs / "out" / "ab" / "did")
+    with torch.no_grad():
+        v = net(torch.cat([f.tensor() for f in seq.frames])).double()
+    entry = next(q for q in report["sequences"] if q["run"] == seq.folder)
+    assert entry["spaces"]["inception"]["total"] == pytest.approx(float((v[1:] - v[:-1]).norm(dim=1).sum()), rel=1e-5)
+    assert entry["positions"] == [0.0, 0.25, 0.5, 0.75, 1.0]
+
+    table = (out / "report.md").read_text()
+    assert all(f"| {name} |" in table for name in SCHEMES) and "Section 5.1" in table
+    with open(out / "report.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["scheme"] for r in rows] == list(SCHEMES) and float(rows[4]["clip_total_mean"]) > 0
+    with open(out / "sequences.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 8 * 3
+    assert json.loads((out / "report.json").read_text())["features"] == ["inception", "lpips-alex", "clip"]
+    for name in ("metrics", "steps_inception", "steps_lpips-alex", "steps_clip"):
+        with Image.open(out / "plots" / f"{name}.png") as im:
+            colours = len(np.unique(np.asarray(im.convert("RGB")).reshape(-1, 3), axis=0))
+            assert im.width >= 360 and colours > 8, name  # drawn: bars, curves, text in several colours
+
+
+def test_a_rerun_computes_only_what_is_new(runs, metric_files, clip_tiny, tmp_path, monkeypatch):
+    from ldm.inception import InceptionV3
+    seen = []
+    forward = InceptionV3.forward
+    monkeypatch.setattr(InceptionV3, "forward", lambda self, x: seen.append(len(x)) or forward(self, x))
+    args = [str(runs / "out" / "ab" / "did"), "--out", str(tmp_path / "r"), *weight_args(metric_files, clip_tiny)]
+    first = evaluate.evaluate(evaluate.parser().parse_args(args))
+    assert sum(seen) == 5
+    seen.clear()
+    both = evaluate.evaluate(evaluate.parser().parse_args([*args[:1], str(runs / "out" / "ab" / "ours"), *args[1:]]))
+    assert sum(seen) == 3  # the inputs are shared; only ours' three frames between them are new
+    assert both["sequences"][0] == first["sequences"][0]
+
+
+def test_interp_eval_refuses_what_it_should(runs, tmp_path, capsys):
+    def eval_cli(*argv):
+        with pytest.raises(SystemExit) as e:
+            evaluate.main(list(argv))
+        return e.value.code, capsys.readouterr().err
+    code, err = eval_cli(str(runs / "out"), "--features", "pixels")
+    assert code == 2 and "unknown feature space pixels" in err and err.count("\n") == 1
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, err = eval_cli(str(empty), "--out", str(tmp_path / "r"))
+    assert code == 2 and err == f"error: {empty} holds no run of interpolate (no run.json in it or below it)\n"
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "run.json").write_text(json.dumps({"status": "running", "frames": {}, "settings": {"frames": 5}}))
+    code, err = eval_cli(str(unfinished), "--out", str(tmp_path / "r"))
+    assert code == 2 and "is not finished" in err and err.strip().splitlines()[-1].startswith("error: none of the runs")
+
+
+def test_retime_evens_out_the_steps(runs, tiny_dir, clip_tiny, tmp_path):
+    out = tmp_path / "eased"
+    done = tiny_run(runs, tiny_dir, clip_tiny, out, "interpolate-only", "--frames", "9", "--schedule", "ease",
+                    "--retime", "clip")
+    record = json.loads((out / "retime.json").read_text())
+    before, after = record["before"], record["after"]
+    assert after["smoothness"] > before["smoothness"] + 0.1 and after["max"] < before["max"]
+    retimed = json.loads((out / "retimed" / "run.json").read_text())
+    assert retimed["settings"]["schedule"] == after["positions"] != before["positions"]
+    assert "re-timed in clip space: 1 - Gini" in done.stderr
+    again = subprocess.run(["interp-retime", str(out), "--features", "clip"], capture_output=True, text=True,
+                           env={**os.environ, "SD_INTERP_CACHE": str(runs / "cache")})
+    assert again.returncode == 0 and "0 UNet calls" in again.stdout, again.stderr  # both passes are kept
+    assert json.loads((out / "retime.json").read_text())["after"] == after
