@@ -34,6 +34,7 @@ from . import chain, inversion, retime, video
 from .conditioning import PoseConditioning, TextConditioning, read_keypoints
 from .frames import descendants
 from .interpolator import Interpolator
+from .measure import wanted_files
 from .models import Models
 from .output import RunDir
 from .rank import CLIPScorer
@@ -63,7 +64,8 @@ def _files(s: Settings, scheme, plan) -> dict:
 def needed_files(s: Settings) -> list:
     """[(path or catalog name, kind), ...] of every model file the run of `s` needs."""
     scheme, plan, _, _ = prepare(s)
-    return [want for wants in _files(s, scheme, plan).values() for want in wants]
+    measuring = wanted_files((s.retime,), s)[s.retime] if s.retime else []
+    return [want for wants in _files(s, scheme, plan).values() for want in wants] + measuring
 
 
 def _poses(sd, s: Settings, raw, placements, images, size, net) -> tuple:

@@ -77,8 +77,8 @@ def _mean_std(values) -> tuple:
     return float(np.mean(values)), float(np.std(values))
 
 
-def scheme_rows(sequences, steps: dict, inception, seed: int) -> dict:
-    """{scheme: row} in Table 1's order; `steps` is {(folder, space): [step, ...]}."""
+def scheme_rows(sequences, spaces, steps: dict, inception, seed: int) -> dict:
+    """{scheme: row} in Table 1's order; `steps` is {(folder, space): [step, ...]} for each space of `spaces`."""
     rows = {}
     order = {name: k for k, name in enumerate(SCHEMES)}
     for scheme in sorted({s.scheme for s in sequences}, key=lambda n: (order.get(n, len(order)), n)):
@@ -89,7 +89,7 @@ def scheme_rows(sequences, steps: dict, inception, seed: int) -> dict:
                "fid_two_random": fid(reference, inception.vectors(_two_random(group, seed))),
                "fid_all": fid(reference, inception.vectors([f for s in group for f in s.frames[1:-1]])),
                "spaces": {}}
-        for space in {sp for _, sp in steps}:
+        for space in spaces:
             paths = [path_metrics(steps[s.folder, space]) for s in group]
             total, total_std = _mean_std([p["total"] for p in paths])
             row["spaces"][space] = {"total_mean": total, "total_std": total_std,
@@ -188,7 +188,7 @@ def evaluate(args) -> dict:
         for seq in tqdm(sequences, desc="sequences", file=sys.stderr, leave=False):
             for space in args.features:
                 steps[seq.folder, space] = loaded[space].steps(seq.frames)
-        rows = scheme_rows(sequences, steps, loaded["inception"], args.seed)
+        rows = scheme_rows(sequences, args.features, steps, loaded["inception"], args.seed)
     finally:
         cache.save()  # what was computed is kept, even when interrupted
     report = {"created": datetime.now().astimezone().isoformat(timespec="seconds"), "features": list(args.features),

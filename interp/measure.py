@@ -21,6 +21,7 @@ from PIL import Image
 
 from ldm import weights
 from ldm.errors import UserError
+from ldm.inception import feature_statistics, frechet_distance
 from ldm.safetensors_io import SafetensorsFile, write
 
 SPACES = {
@@ -92,7 +93,6 @@ def path_metrics(steps) -> dict:
 
 def fid(reference: torch.Tensor, samples: torch.Tensor):
     """FID between two sets of Inception vectors (rows); None when either set is too small for a covariance."""
-    from ldm.inception import feature_statistics, frechet_distance
     if len(reference) < 2 or len(samples) < 2:
         return None
     return frechet_distance(*feature_statistics(reference.double().numpy()), *feature_statistics(samples.double().numpy()))
@@ -228,7 +228,8 @@ class VectorSpace:
 
 
 class LPIPSSpace:
-    """LPIPS between adjacent frames (one pass of the network per frame), cached per pair of frames."""
+    """LPIPS between adjacent frames (each frame through the network once, only two frames' layers held at a
+    time), cached per pair of frames."""
 
     def __init__(self, name: str, ident: str, net, cache: Cache, device):
         self.name, self.ident, self.net, self.cache, self.device = name, ident, net, cache, device
@@ -236,10 +237,13 @@ class LPIPSSpace:
     @torch.no_grad()
     def steps(self, frames) -> list:
         keys = [f"{self.ident}/{a.sha256}/{b.sha256}" for a, b in zip(frames, frames[1:])]
-        if any(self.cache.get(k) is None for k in keys):
-            features = [self.net.layers(f.tensor().to(self.device) * 2 - 1) for f in frames]
-            for key, a, b in zip(keys, features, features[1:]):
-                self.cache.put(key, self.net.distance(a, b).reshape(()))
+        previous = None
+        for k, frame in enumerate(frames):
+            todo = [j for j in (k - 1, k) if 0 <= j < len(keys) and self.cache.get(keys[j]) is None]
+            taps = self.net.layers(frame.tensor().to(self.device) * 2 - 1) if todo else None
+            if k and self.cache.get(keys[k - 1]) is None:
+                self.cache.put(keys[k - 1], self.net.distance(previous, taps).reshape(()))
+            previous = taps
         return [float(self.cache.get(k)) for k in keys]
 
 

@@ -52,11 +52,14 @@ def _path(seq: Sequence, decoded_ends) -> tuple:
 
 def retime(s, make, decoded_ends) -> dict:
     """Make the run of settings `s` with `make(settings)`, measure its steps in space `s.retime`, and make it again
-    at even positions in `s.out`/retimed; returns what retime.json records (before and after). `decoded_ends(run
-    folder)` gives the two inputs decoded from their latents."""
+    at even positions in `s.out`/retimed; returns what retime.json records (before and after), None with
+    --fetch-only. `decoded_ends(run folder)` gives the two inputs decoded from their latents."""
     make(s)
-    files = wanted_files((s.retime,), s)[s.retime]
-    loaded = load_spaces((s.retime,), {s.retime: weights.resolve_all(files)}, s, check_device(s.device),
+    paths = weights.resolve_all(wanted_files((s.retime,), s)[s.retime])
+    if s.fetch_only:
+        print(f"{s.retime}: {', '.join(map(str, paths))}")
+        return None
+    loaded = load_spaces((s.retime,), {s.retime: paths}, s, check_device(s.device),
                          Cache(os.path.join(s.out, "features.safetensors")))[s.retime]
     try:
         first = Sequence.read(s.out)

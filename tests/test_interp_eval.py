@@ -172,3 +172,6 @@ def test_retime_evens_out_the_steps(runs, tiny_dir, clip_tiny, tmp_path):
                            env={**os.environ, "SD_INTERP_CACHE": str(runs / "cache")})
     assert again.returncode == 0 and "0 UNet calls" in again.stdout, again.stderr  # both passes are kept
     assert json.loads((out / "retime.json").read_text())["after"] == after
+    fetched = tiny_run(runs, tiny_dir, clip_tiny, tmp_path / "fetch", "interpolate-only", "--retime", "clip",
+                       "--fetch-only")
+    assert f"clip: {clip_tiny}" in fetched.stdout.splitlines()  # the measuring network is fetched too
