@@ -217,9 +217,11 @@ class VectorSpace:
     def vectors(self, frames) -> torch.Tensor:
         todo = [f for f in dict.fromkeys(frames) if self.cache.get(f"{self.ident}/{f.sha256}") is None]
         for start in range(0, len(todo), self.batch):
-            chunk = todo[start:start + self.batch]
-            for frame, v in zip(chunk, self.encode(torch.cat([f.tensor() for f in chunk]))):
-                self.cache.put(f"{self.ident}/{frame.sha256}", v)
+            chunk = [(f, f.tensor()) for f in todo[start:start + self.batch]]
+            for shape in dict.fromkeys(x.shape for _, x in chunk):  # runs of several pairs differ in size
+                same = [(f, x) for f, x in chunk if x.shape == shape]
+                for (frame, _), v in zip(same, self.encode(torch.cat([x for _, x in same]))):
+                    self.cache.put(f"{self.ident}/{frame.sha256}", v)
         return torch.stack([self.cache.get(f"{self.ident}/{f.sha256}") for f in frames])
 
     def steps(self, frames) -> list:

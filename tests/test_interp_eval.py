@@ -74,6 +74,21 @@ def test_gini_and_path_metrics():
     assert m["smoothness"] == pytest.approx(1 - (2 * (0.2 + 0.1 + 0.1)) / (2 * 9 * 0.2))
 
 
+def test_frames_of_different_sizes_are_encoded_in_separate_batches(tmp_path):
+    frames = []
+    for k, size in enumerate([(8, 8), (8, 12), (8, 8)]):
+        Image.new("RGB", size, (40 * k, 0, 0)).save(tmp_path / f"{k}.png")
+        frames.append(measure.Frame.of(tmp_path / f"{k}.png"))
+    calls = []
+
+    def encode(x):
+        calls.append(tuple(x.shape))
+        return x.mean(dim=(2, 3))
+    space = measure.VectorSpace("mean", "mean-0", encode, measure.Cache(None))
+    assert space.steps(frames) == pytest.approx([40 / 255, 40 / 255])
+    assert sorted(calls) == [(1, 3, 12, 8), (2, 3, 8, 8)]
+
+
 def test_even_positions_invert_the_path_length():
     # steps proportional to the squares of the position gaps' ends: s(p) = p^2, so even s lands at sqrt(i / N)
     p = np.linspace(0, 1, 9)
