@@ -3,12 +3,12 @@ after a pass the steps between adjacent frames are measured (interp/measure.py) 
 at positions where its perceptual length grows evenly.
 
 The path is the one the method moves along, from the first input's latent to the second's (an input image is
-one VAE round trip from its decoded latent, a gap no position can close). Its length is known at the frames: s_0 = 0 and s_i = d_1 + ... + d_i at positions p_0 < ... < p_N, and
-is taken as linear between them. Frame i moves to where s reaches i S / N (S = s_N): the new positions increase,
-both inputs stay where they are, and a step that was twice the average now covers about half as much of the
-path. The second pass goes through `--schedule p_0,...,p_N` into RUN/retimed; it reuses the inputs, the prompt
-embeddings (the inversion cache) and the loaded networks, while every frame between the inputs sits at a new
-position and is made anew.
+one VAE round trip from its decoded latent, a gap no position can close). Its length is known at the frames,
+s_0 = 0 and s_i = d_1 + ... + d_i at positions p_0 < ... < p_N, and is taken as linear between them. Frame i
+moves to where s reaches i S / N (S = s_N): the new positions increase, both inputs stay where they are, and
+a step that was twice the average now covers about half as much of the path. The second pass goes through
+`--schedule p_0,...,p_N` into RUN/retimed; it reuses the inputs, the prompt embeddings (the inversion cache)
+and the loaded networks, while every frame between the inputs sits at a new position and is made anew.
 
 `interpolate A B --retime SPACE ...` runs both passes; `interp-retime RUN [--features SPACE]` re-times a
 finished run.
@@ -94,4 +94,5 @@ def main(argv=None):
 
     run(lambda: interpolate(from_run(args.run_dir, retime=args.features, inception=args.inception,
                                      lpips_backbone=args.lpips_backbone, lpips_heads=args.lpips_heads)),
-        errors=(UserError, PoseError), interrupted=f"interrupted: run the same command again to resume ({args.run_dir} keeps what is made)")
+        errors=(UserError, PoseError),
+        interrupted=f"interrupted: run the same command again to resume ({args.run_dir} keeps what is made)")
