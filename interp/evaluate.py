@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from ldm import weights
 from ldm.errors import UserError
-from ldm.files import check_writable
+from ldm.files import atomic_path, check_writable
 from ldm.runtime import Parser, check_device, number, run
 
 from . import plots
@@ -136,7 +136,7 @@ def _markdown(report: dict) -> str:
 
 
 def _write_csv(path, header: list, rows: list) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(header)
         w.writerows(rows)
@@ -154,7 +154,7 @@ def write_report(out: str, report: dict) -> None:
     _write_csv(os.path.join(out, "sequences.csv"), ["run", "scheme", "pair", "space", "total", "max", "smoothness", "steps"],
                [[q["run"], q["scheme"], q["pair"], s, m["total"], m["max"], m["smoothness"], ";".join(f"{d:.6g}" for d in m["steps"])]
                 for q in report["sequences"] for s, m in q["spaces"].items()])
-    with open(os.path.join(out, "report.md"), "w", encoding="utf-8") as f:
+    with atomic_path(os.path.join(out, "report.md")) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(_markdown(report))
     names = list(rows)
     panels = [("FID, 2 random frames", [rows[n]["fid_two_random"] for n in names], [None] * len(names)),

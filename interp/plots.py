@@ -4,6 +4,8 @@ import math
 
 from PIL import Image, ImageDraw, ImageFont
 
+from ldm.files import atomic_path
+
 PALETTE = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c"]
 PANEL, MARGIN = (320, 260), (56, 34, 16, 44)  # panel size; left, top, right, bottom margins
 COLUMNS = 4
@@ -14,6 +16,11 @@ def _font(size: int = 12):
         return ImageFont.load_default(size)
     except TypeError:  # Pillow < 10.1 has one size
         return ImageFont.load_default()
+
+
+def _save(im: Image.Image, path) -> None:
+    with atomic_path(path) as tmp:
+        im.save(tmp)
 
 
 def _ticks(top: float) -> list:
@@ -81,7 +88,7 @@ def bars(path, title: str, labels: list, panels: list) -> None:
                     draw.line((cx, ax.y(v - s), cx, ax.y(v + s)), fill="black", width=2)
                     draw.line((cx - 5, ax.y(v + s), cx + 5, ax.y(v + s)), fill="black", width=2)
             draw.text((cx, y2 + 6), "n/a" if v is None else _label(v), fill="#444", font=_font(10), anchor="ma")
-    im.save(path)
+    _save(im, path)
 
 
 def curves(path, title: str, xlabel: str, series: list, legend: list) -> None:
@@ -98,4 +105,4 @@ def curves(path, title: str, xlabel: str, series: list, legend: list) -> None:
     for t in (0, 0.25, 0.5, 0.75, 1):
         draw.text((x1 + (x2 - x1) * t, y2 + 4), _label(t), fill="#444", font=_font(10), anchor="ma")
     draw.text(((x1 + x2) / 2, y2 + 22), xlabel, fill="black", font=_font(12), anchor="ma")
-    im.save(path)
+    _save(im, path)
