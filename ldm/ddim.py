@@ -42,6 +42,19 @@ class DDIM:
         self.alphas = ac[self.timesteps].double().numpy()
         self.alphas_prev = np.concatenate([[ac[0].item()], ac[self.timesteps[:-1]].double().numpy()])
         self.sigmas = eta * np.sqrt((1 - self.alphas_prev) / (1 - self.alphas) * (1 - self.alphas / self.alphas_prev))
+        self._coefficients = {}  # device -> the per-step float32 values there
+
+    def coefficients(self, device) -> dict:
+        """The per-step float32 values on `device` ([len(self)] each), copied there once: a step indexes them
+        and never copies a number from the host (each such copy waits for the device)."""
+        device = torch.device(device)
+        if device not in self._coefficients:
+            values = {k: torch.tensor(v, dtype=torch.float32) for k, v in
+                      (("alphas", self.alphas), ("alphas_prev", self.alphas_prev), ("sigmas", self.sigmas))}
+            for name in ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod"):  # v-prediction's
+                values[name] = self.schedule.buffers[name][torch.as_tensor(self.timesteps)]
+            self._coefficients[device] = {k: v.to(device) for k, v in values.items()}
+        return self._coefficients[device]
 
     def __len__(self):
         return len(self.timesteps)
@@ -55,20 +68,19 @@ class DDIM:
 
     def eps_and_x0(self, out, x, index: int):
         """(eps, pred_x0) from the model output at step `index`, for either prediction type."""
-        out = out.float()
+        out, c = out.float(), self.coefficients(x.device)
         if self.prediction == "v":
-            t = int(self.timesteps[index])
-            a, s = self.schedule.at("sqrt_alphas_cumprod", t, x), self.schedule.at("sqrt_one_minus_alphas_cumprod", t, x)
+            a, s = c["sqrt_alphas_cumprod"][index], c["sqrt_one_minus_alphas_cumprod"][index]
             return a * out + s * x, a * x - s * out
-        a_t = torch.tensor(self.alphas[index], dtype=torch.float32, device=x.device)
+        a_t = c["alphas"][index]
         return out, (x - (1 - a_t).sqrt() * out) / a_t.sqrt()
 
     def step(self, out, x, index: int, generator=None):
         """One DDIM update from step `index` to `index - 1`: returns (x_prev, pred_x0), float32."""
         x = x.float()
         eps, pred_x0 = self.eps_and_x0(out, x, index)
-        f32 = lambda v: torch.tensor(float(v), dtype=torch.float32, device=x.device)  # noqa: E731 (as torch.full)
-        a_prev, sigma = f32(self.alphas_prev[index]), f32(self.sigmas[index])
+        c = self.coefficients(x.device)
+        a_prev, sigma = c["alphas_prev"][index], c["sigmas"][index]
         x_prev = a_prev.sqrt() * pred_x0 + (1.0 - a_prev - sigma ** 2).sqrt() * eps
         if self.eta > 0:
             x_prev = x_prev + sigma * rng.randn(x.shape, generator, x.device)
@@ -84,7 +96,8 @@ class DDIM:
         classifier-free guidance evaluates it once on the batch [uncond; cond]:
         out = out_uncond + guidance (out_cond - out_uncond). `callback(i, index, t, x_prev, pred_x0)`
         runs after every step. `generator` (one, or one per sample) draws the noise of eta > 0. Returns
-        the final latent (float32).
+        the final latent (float32). Nothing in a step waits for the device: the latents are checked for
+        NaN/inf once, at the end.
         """
         start = len(self) - 1 if start is None else start
         if not 0 <= start < len(self):
@@ -93,17 +106,22 @@ class DDIM:
             raise UserError(f"end index must be in [0, {start - 1}] to stop part-way, not {end}")
         x = x.float()
         guided = uncond is not None and guidance != 1.0
-        for i, index in enumerate(range(start, -1 if end is None else end, -1)):
-            t = torch.full((x.shape[0] * (2 if guided else 1),), int(self.timesteps[index]), device=x.device, dtype=torch.long)
+        indices, finite = list(range(start, -1 if end is None else end, -1)), []
+        for i, index in enumerate(indices):
+            timestep = int(self.timesteps[index])
+            t = torch.full((x.shape[0] * (2 if guided else 1),), timestep, device=x.device, dtype=torch.long)
             if guided:
                 out_u, out_c = model(torch.cat([x, x]), t, torch.cat([uncond, cond])).float().chunk(2)
                 out = out_u + guidance * (out_c - out_u)
             else:
                 out = model(x, t, cond)
             x, pred_x0 = self.step(out, x, index, generator)
-            if not torch.isfinite(x).all():
-                raise UserError(f"the sampler produced NaN/inf at step {index} (t={int(t[0])}): "
-                                f"{nan_advice(getattr(model, 'dtype', x.dtype))}")
+            finite.append(torch.isfinite(x).all())
             if callback is not None:
-                callback(i, index, int(t[0]), x, pred_x0)
+                callback(i, index, timestep, x, pred_x0)
+        bad = (~torch.stack(finite)).nonzero()
+        if len(bad):
+            index = indices[int(bad[0])]
+            raise UserError(f"the sampler produced NaN/inf at step {index} (t={int(self.timesteps[index])}): "
+                            f"{nan_advice(getattr(model, 'dtype', x.dtype))}")
         return x

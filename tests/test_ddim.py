@@ -146,3 +146,27 @@ def test_nan_is_reported_with_advice_for_the_dtype(tiny_sd, cases, dtype, advice
     with pytest.raises(UserError, match="decoded image contains NaN") as e:
         sd.decode_latents(cases["vae_dec_z"])
     assert advice in str(e.value)
+
+
+def test_a_step_copies_nothing_from_the_host_and_waits_for_nothing(tiny_sd, cases, monkeypatch):
+    """Inside a DDIM step no number goes host -> device (torch.tensor) and nothing is read back (a bool, an
+    int, .item(), nonzero): on a GPU each would wait for the device. NaN/inf is looked for once, at the end."""
+    model = lambda x, t, c: 0.1 * x  # noqa: E731 (pure device arithmetic)
+    calls = []
+
+    def counted(name, real):
+        def wrapper(*args, **kwargs):
+            calls.append(name)
+            return real(*args, **kwargs)
+        return wrapper
+    for prediction in ("v", "eps"):
+        d = DDIM(tiny_sd.schedule, prediction, 20, eta=0.0)
+        expected = d.sample(model, cases["ddim_xT"], cases["ddim_cond"], cases["ddim_cond"], guidance=3.0)
+        calls.clear()
+        with monkeypatch.context() as m:
+            m.setattr(torch, "tensor", counted("torch.tensor", torch.tensor))
+            for name in ("__bool__", "__int__", "__index__", "item", "tolist", "nonzero", "cpu"):
+                m.setattr(torch.Tensor, name, counted(name, getattr(torch.Tensor, name)))
+            got = d.sample(model, cases["ddim_xT"], cases["ddim_cond"], cases["ddim_cond"], guidance=3.0)
+        assert calls == ["nonzero"], calls  # 20 steps; the one read-back is the final finiteness check
+        assert torch.equal(got, expected)
