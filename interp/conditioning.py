@@ -67,9 +67,11 @@ class PoseConditioning:
     def hints(self, positions, people: list = None) -> torch.Tensor:
         """[len(positions), 3, H, W] RGB hints in [0, 1]; `people` (x [18, 3]) are drawn instead of the
         interpolated skeletons when given (a pose a person edited for one frame)."""
-        canvases = [pose.render(self.keypoints_at(p) if people is None else people, self.height, self.width)
-                    for p in positions]
-        return torch.from_numpy(np.stack(canvases)).permute(0, 3, 1, 2).float() / 255.0
+        drawn = {}  # each position once: a frame's candidates share its skeleton
+        for p in positions:
+            if p not in drawn:
+                drawn[p] = pose.render(self.keypoints_at(p) if people is None else people, self.height, self.width)
+        return torch.from_numpy(np.stack([drawn[p] for p in positions])).permute(0, 3, 1, 2).float() / 255.0
 
 
 def read_keypoints(path, source_size, placement) -> list:

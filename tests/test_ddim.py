@@ -124,6 +124,21 @@ def test_controlled_denoiser_batches_the_hint_for_guidance(tiny_sd, tiny_control
     assert model.calls == 2
 
 
+def test_the_hint_and_strength_go_to_the_device_once_per_denoising(tiny_sd, tiny_controlnet, cases, monkeypatch):
+    x, ctx, hint = cases["unet_x"], cases["unet_context"], cases["cn_hint"]
+    model = Denoiser(tiny_sd.unet, tiny_controlnet, hint, strength=[1.0, 1.5])
+    moved = []
+    to = torch.Tensor.to
+    monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **k: (moved.append(1) if self is hint else None)
+                        or to(self, *a, **k))
+    with torch.no_grad():
+        first = model(torch.cat([x, x]), 500, torch.cat([ctx, ctx]))  # a guided batch, as at every DDIM step
+        for t in (400, 300):
+            model(torch.cat([x, x]), t, torch.cat([ctx, ctx]))
+        again = model(torch.cat([x, x]), 500, torch.cat([ctx, ctx]))
+    assert len(moved) == 1 and torch.equal(first, again)
+
+
 @pytest.mark.parametrize("dtype,advice", [(torch.float16, "try --dtype bfloat16 or float32"),
                                           (torch.bfloat16, "try --dtype float32"),
                                           (torch.float32, "not the precision")])

@@ -199,6 +199,16 @@ def test_pose_hints_follow_the_interpolated_skeleton():
     assert not PoseConditioning([a], [], 64, 64)
 
 
+def test_a_frames_candidates_share_one_drawing_of_its_skeleton(monkeypatch):
+    a = person({1: (32, 20), 2: (20, 20), 5: (44, 20)})
+    cond = PoseConditioning([a], [a.copy()], 64, 64)
+    drawn = []
+    render = pose.render
+    monkeypatch.setattr(pose, "render", lambda *args: drawn.append(args) or render(*args))
+    hints = cond.hints([0.25, 0.25, 0.25, 0.5, 0.5])  # two frames, three and two candidates
+    assert len(drawn) == 2 and torch.equal(hints[0], hints[2]) and torch.equal(hints[3], hints[4])
+
+
 def test_the_main_subject_is_the_largest_person_unless_all_people():
     small = person({1: (10, 10), 2: (12, 10), 8: (11, 16)})
     large = person({1: (40, 20), 2: (30, 20), 8: (38, 50)})
