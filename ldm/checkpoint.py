@@ -4,8 +4,9 @@ Module names equal the checkpoint's keys after their prefix, so loading is: read
 file is from its keys and shapes, build each component on the meta device, read its tensors one by one
 straight into place (cast to the target dtype) and `load_state_dict(strict=True, assign=True)`.
 """
+import copy
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -139,6 +140,7 @@ class StableDiffusion:
     schedule: NoiseSchedule
     path: str
     notes: list  # what the loader decided and why (prediction type source, ...)
+    _vae_float32: AutoencoderKL = field(default=None, repr=False)  # decode_latents' fallback for float16
 
     @property
     def device(self) -> torch.device:
@@ -161,9 +163,18 @@ class StableDiffusion:
 
     @torch.no_grad()
     def decode_latents(self, z: torch.Tensor, max_batch: int = None) -> torch.Tensor:
-        """Scaled latents -> images [B,3,H,W] in about [-1,1], float32; at most `max_batch` latents per VAE call."""
-        images = in_batches(lambda part: self.vae.decode((part / self.config.latent_scale).to(self.dtype)).float(),
-                            max_batch, z)
+        """Scaled latents -> images [B,3,H,W] in about [-1,1], float32; at most `max_batch` latents per VAE call.
+
+        float16's range is too small for the VAE's decoder at high resolutions: an image that comes back with
+        NaN/inf from a float16 VAE is decoded again by a float32 copy of it (made on first need)."""
+        def decode(vae, part):
+            return vae.decode((part / self.config.latent_scale).to(next(vae.parameters()).dtype)).float()
+        images = in_batches(lambda part: decode(self.vae, part), max_batch, z)
+        bad = ~torch.isfinite(images).flatten(1).all(dim=1)
+        if self.dtype == torch.float16 and bad.any():
+            if self._vae_float32 is None:
+                self._vae_float32 = copy.deepcopy(self.vae).float()
+            images[bad] = in_batches(lambda part: decode(self._vae_float32, part), max_batch, z[bad])
         if not torch.isfinite(images).all():
             raise UserError(f"the decoded image contains NaN/inf: {nan_advice(self.dtype)}")
         return images

@@ -13,6 +13,9 @@ def nan_advice(dtype) -> str:
     """What to try when a network produced NaN/inf in `dtype`."""
     name = str(dtype).removeprefix("torch.")
     if name == "float16":
+        import torch
+        if torch.cuda.is_available() and not torch.cuda.is_bf16_supported(including_emulation=False):
+            return "float16 overflows more easily: try --dtype float32 (this GPU has no bfloat16)"
         return "float16 overflows more easily: try --dtype bfloat16 or float32"
     if name == "bfloat16":
         return "try --dtype float32"

@@ -50,8 +50,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prediction", choices=["v", "eps"], default=None, help="override the model's prediction type")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", default="auto",
-                   help="float32, float16, bfloat16, or auto: float16 on CUDA, bfloat16 on CPUs with native "
-                        "bfloat16 (AVX512-BF16 or AMX), else float32")
+                   help="float32, float16, bfloat16, or auto: on CUDA bfloat16 where the card has it, else "
+                        "float16; bfloat16 on CPUs with native bfloat16 (AVX512-BF16 or AMX); else float32")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the UNet (and ControlNet): faster steps on GPUs after a slow first one; "
                         f"interpolations then call it with a fixed batch (--max-batch, default {COMPILED_BATCH}) "

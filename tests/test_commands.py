@@ -93,7 +93,9 @@ def test_auto_dtype(monkeypatch):
     from ldm import accel, runtime as cli
     monkeypatch.setattr(accel, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
     assert cli.resolve_dtype("auto", torch.device("cpu")) == torch.bfloat16
-    assert cli.resolve_dtype("auto", torch.device("cuda")) == torch.float16
+    for card_has_bf16, dtype in ((True, torch.bfloat16), (False, torch.float16)):  # Ampere and later; older
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: card_has_bf16)
+        assert cli.resolve_dtype("auto", torch.device("cuda")) == dtype
     monkeypatch.setattr(accel, "cpu_flags", lambda: frozenset({"avx2"}))
     assert cli.resolve_dtype("auto", torch.device("cpu")) == torch.float32
     assert cli.resolve_dtype("float32", torch.device("cuda")) == torch.float32

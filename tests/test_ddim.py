@@ -185,3 +185,23 @@ def test_a_step_copies_nothing_from_the_host_and_waits_for_nothing(tiny_sd, case
             got = d.sample(model, cases["ddim_xT"], cases["ddim_cond"], cases["ddim_cond"], guidance=3.0)
         assert calls == ["nonzero"], calls  # 20 steps; the one read-back is the final finiteness check
         assert torch.equal(got, expected)
+
+
+def test_an_image_float16_cannot_decode_is_decoded_again_in_float32(tiny_sd, cases, monkeypatch):
+    from ldm.vae import AutoencoderKL
+    sd = copy.copy(tiny_sd)
+    sd.vae, sd.unet = copy.deepcopy(tiny_sd.vae).half(), copy.deepcopy(tiny_sd.unet).half()
+    decode = AutoencoderKL.decode
+
+    def overflowing(self, z):  # float16 overflows on the first image, as the decoder can at 768 px
+        out = decode(self, z)
+        if z.dtype == torch.float16:
+            out[:1] = float("inf")
+        return out
+    monkeypatch.setattr(AutoencoderKL, "decode", overflowing)
+    z = cases["vae_dec_z"].expand(2, -1, -1, -1).clone()
+    images = sd.decode_latents(z)
+    assert torch.isfinite(images).all() and next(sd._vae_float32.parameters()).dtype == torch.float32
+    close(images[0], images[1], atol=2e-2, rtol=0)  # the float32 retry and the float16 decode of the same latent
+    reference = tiny_sd.decode_latents(z[:1])
+    close(images[:1], reference, atol=2e-2, rtol=0)

@@ -74,10 +74,11 @@ def native(dtype) -> bool:
 
 
 def default_dtype(device) -> torch.dtype:
-    """`--dtype auto`: float16 on CUDA, bfloat16 on CPUs with native bfloat16 (AVX512-BF16 or AMX), else float32."""
+    """`--dtype auto`: on CUDA bfloat16 where the card computes in it (Ampere and later: float16's range is what
+    SD 2.1 overflows), else float16; bfloat16 on CPUs with native bfloat16 (AVX512-BF16 or AMX); else float32."""
     device = torch.device(device)
     if device.type == "cuda":
-        return torch.float16
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     return torch.bfloat16 if device.type == "cpu" and native(torch.bfloat16) else torch.float32
 
 
