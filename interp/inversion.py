@@ -54,6 +54,10 @@ def invert(sd, images: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor, s
     conds = [torch.nn.Parameter(c[None].float().clone()) for c in cond]
     neg = torch.nn.Parameter(uncond.float().clone())
     opt = torch.optim.Adam(conds + [neg], lr=lr)
+    # The gradients reaching the embeddings are ~1e-4 to 1e-6, which a float16 backward pass flushes to zero:
+    # there the loss is scaled up for the backward pass and the gradients scaled back before the step (a step
+    # whose gradients overflowed is skipped and the scale lowered). Other dtypes have float32's range.
+    scaler = torch.amp.GradScaler(sd.device.type, enabled=sd.dtype == torch.float16)
     S, losses = len(sampler), []
     sd.unet.gradient_checkpointing = True
     try:
@@ -64,8 +68,9 @@ def invert(sd, images: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor, s
                 z0 = sd.encode_images(augment(images[i:i + 1], g))
                 noise = rng.randn(z0.shape, g, z0.device)
                 loss = denoising_loss(sd, sampler, z0, index, noise, conds[i], neg, guidance)
-                loss.backward()
-                opt.step()
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
                 opt.zero_grad(set_to_none=True)  # the other image's embedding has no gradient: Adam skips it
                 pair.append(loss.item())
             losses.append(pair)

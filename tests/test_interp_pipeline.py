@@ -1,5 +1,6 @@
 """The interpolation method on the tiny fixture models: each scheme equal to its definition, shared
 noise, textual inversion as the authors do it, ranking, conditioning, and the `interpolate` command."""
+import copy
 import dataclasses
 import json
 
@@ -304,6 +305,25 @@ def test_every_inversion_iteration_updates_both_embeddings_and_the_negative(tiny
     new_cond, new_uncond, _ = invert(tiny_sd, images, cond, uncond, steps=10, iterations=3, lr=1e-3)
     # Per iteration: image 1's embedding and the negative, then image 2's and the negative (the authors' order).
     assert updated == [[True, False, True], [False, True, True]] * 3
+    assert not torch.equal(new_cond[0], cond[0]) and not torch.equal(new_cond[1], cond[1])
+    assert not torch.equal(new_uncond, uncond)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_the_embeddings_move_in_every_dtype(tiny_sd, dtype, monkeypatch):
+    """float16's backward pass runs on a scaled-up loss (gradients of ~1e-5 would flush to zero), the others
+    on the loss itself; the embeddings move in all three."""
+    sd = copy.copy(tiny_sd)
+    sd.unet, sd.vae = copy.deepcopy(tiny_sd.unet).to(dtype), copy.deepcopy(tiny_sd.vae).to(dtype)
+    g = torch.Generator().manual_seed(6)
+    images = torch.rand(2, 3, SIZE, SIZE, generator=g) * 2 - 1
+    cond, uncond = torch.randn(2, 77, 64, generator=g), torch.randn(1, 77, 64, generator=g)
+    seen, backward = [], torch.Tensor.backward
+    monkeypatch.setattr(torch.Tensor, "backward", lambda self, *a, **k: seen.append(self.item()) or backward(self, *a, **k))
+    new_cond, new_uncond, losses = invert(sd, images, cond, uncond, steps=10, iterations=2, lr=1e-3)
+    scale = 2.0 ** 16 if dtype == torch.float16 else 1.0
+    assert seen == pytest.approx([loss * scale for pair in losses for loss in pair], rel=1e-6)
+    assert torch.isfinite(new_cond).all() and torch.isfinite(new_uncond).all()
     assert not torch.equal(new_cond[0], cond[0]) and not torch.equal(new_cond[1], cond[1])
     assert not torch.equal(new_uncond, uncond)
 
