@@ -11,7 +11,9 @@ setup(
                   "interp": ["studio.html"]},
     python_requires=">=3.10",
     install_requires=[
-        "torch>=2.1",
+        # before 2.5, scaled_dot_product_attention's math fallback kept float16 scores in float16, which
+        # SD 2.1's attention overflows
+        "torch>=2.5",
         "safetensors>=0.4",
         "huggingface-hub>=0.20",
         "numpy>=1.24",
