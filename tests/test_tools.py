@@ -1,6 +1,7 @@
 """tools/: the fixture writer reproduces the reference weights' rule; the inspector reads headers only; the
 benchmark's end-to-end part runs the real command (its timings are not tested)."""
 import json
+import os
 import subprocess
 import sys
 
@@ -43,3 +44,18 @@ def test_bench_times_the_interpolate_command(tiny_ckpt, tmp_path):
     (row,) = json.loads((tmp_path / "bench.json").read_text())["results"]
     assert row["part"] == "interpolate" and row["frames"] == 5 and row["median_s"] > 0
     assert row["unet_calls"] > 0
+
+
+def test_the_gpu_check_runs_dry_on_the_cpu(tmp_path):
+    """tools/gpu_check.py --dry-run: every section at the tiny size, as it runs on a lent GPU at full size."""
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "gpu_check.py"), "--dry-run", "--device", "cpu",
+                           "--json", str(tmp_path / "gpu.json"), "--work", str(tmp_path / "work")],
+                          capture_output=True, text=True, env={**os.environ, "SD_INTERP_CACHE": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    r = json.loads((tmp_path / "gpu.json").read_text())
+    rows = {(x["network"], x["dtype"]): x for x in r["half_precision"]}
+    assert set(rows) == {(n, d) for n in ("unet", "vae", "text", "controlnet", "clip") for d in ("float16", "bfloat16")}
+    assert all(x["finite"] and 0 < x["relative"] < 0.1 for x in rows.values())  # random weights, so a loose bound
+    assert r["eta_sampling"]["finite"] and r["inversion_float16"]["embeddings_moved"] and r["host_syncs"] is None
+    assert [s["candidates"] for s in r["sequence"]] == ["1", "auto"] and all(s["seconds"] > 0 for s in r["sequence"])
+    assert r["unet_steps"][0]["seconds"] > 0 and "| unet | float16 |" in done.stdout
