@@ -25,7 +25,7 @@ import torch.distributed as dist
 
 from ldm import weights
 from ldm.errors import UserError
-from ldm.files import check_writable
+from ldm.files import atomic_path, check_writable
 from ldm.runtime import Parser, run
 from pose.errors import PoseError
 
@@ -241,7 +241,7 @@ def summary(out: str, tasks: list, results: dict, workers: Workers, seconds: flo
         lines.append(f"| {r['pair']} | {r['scheme']} | {r['status']} | {r.get('frames', '')} | "
                      f"{r.get('run_seconds', '')} | {r.get('unet_calls', '')} | {r.get('worker', '')} | "
                      f"{r['folder']} | {(r.get('error') or '').replace('|', '/')} |")
-    with open(os.path.join(out, "summary.md"), "w", encoding="utf-8") as f:
+    with atomic_path(os.path.join(out, "summary.md")) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     return rows
 

@@ -14,13 +14,12 @@ import sys
 from datetime import datetime
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from ldm import weights
 from ldm.errors import UserError
 from ldm.files import atomic_path, check_writable
-from ldm.runtime import Parser, check_device, number, run
+from ldm.runtime import Parser, add_device_arg, check_device, number, run
 
 from . import plots
 from .measure import SPACES, Cache, Sequence, add_feature_args, fid, find_runs, load_spaces, parse_spaces, \
@@ -38,7 +37,7 @@ def parser(cls=Parser):
                         "inception)")
     p.add_argument("--out", default="report", help="folder of the report (its cache makes a rerun fast)")
     p.add_argument("--seed", type=number(int, 0), default=0, help="seed of the two random frames per sequence")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda, cuda:N or mps")
+    add_device_arg(p)
     add_feature_args(p)
     return p
 
@@ -77,8 +76,9 @@ def _mean_std(values) -> tuple:
     return float(np.mean(values)), float(np.std(values))
 
 
-def scheme_rows(sequences, spaces, steps: dict, inception, seed: int) -> dict:
-    """{scheme: row} in Table 1's order; `steps` is {(folder, space): [step, ...]} for each space of `spaces`."""
+def scheme_rows(sequences, spaces, paths: dict, inception, seed: int) -> dict:
+    """{scheme: row} in Table 1's order; `paths` is {(folder, space): path_metrics of its steps} for each space of
+    `spaces`."""
     rows = {}
     order = {name: k for k, name in enumerate(SCHEMES)}
     for scheme in sorted({s.scheme for s in sequences}, key=lambda n: (order.get(n, len(order)), n)):
@@ -90,11 +90,11 @@ def scheme_rows(sequences, spaces, steps: dict, inception, seed: int) -> dict:
                "fid_all": fid(reference, inception.vectors([f for s in group for f in s.frames[1:-1]])),
                "spaces": {}}
         for space in spaces:
-            paths = [path_metrics(steps[s.folder, space]) for s in group]
-            total, total_std = _mean_std([p["total"] for p in paths])
+            each = [paths[s.folder, space] for s in group]
+            total, total_std = _mean_std([p["total"] for p in each])
             row["spaces"][space] = {"total_mean": total, "total_std": total_std,
-                                    "max_mean": float(np.mean([p["max"] for p in paths])),
-                                    "smoothness_mean": float(np.mean([p["smoothness"] for p in paths]))}
+                                    "max_mean": float(np.mean([p["max"] for p in each])),
+                                    "smoothness_mean": float(np.mean([p["smoothness"] for p in each]))}
         rows[scheme] = row
     return rows
 
@@ -183,19 +183,19 @@ def evaluate(args) -> dict:
     paths = {space: [next(resolved) for _ in wants] for space, wants in files.items()}
     cache = Cache(os.path.join(args.out, "cache.safetensors"))
     loaded = load_spaces(spaces, paths, args, device, cache)
-    steps = {}
+    paths = {}  # (folder, space) -> the path's metrics and its steps
     try:
         for seq in tqdm(sequences, desc="sequences", file=sys.stderr, leave=False):
             for space in args.features:
-                steps[seq.folder, space] = loaded[space].steps(seq.frames)
-        rows = scheme_rows(sequences, args.features, steps, loaded["inception"], args.seed)
+                steps = loaded[space].steps(seq.frames)
+                paths[seq.folder, space] = {**path_metrics(steps), "steps": steps}
+        rows = scheme_rows(sequences, args.features, paths, loaded["inception"], args.seed)
     finally:
         cache.save()  # what was computed is kept, even when interrupted
     report = {"created": datetime.now().astimezone().isoformat(timespec="seconds"), "features": list(args.features),
               "seed": args.seed, "pairs": len({s.pair_key for s in sequences}), "schemes": rows,
               "sequences": [{"run": s.folder, "scheme": s.scheme, "pair": s.pair, "positions": list(s.positions),
-                             "spaces": {sp: {**path_metrics(steps[s.folder, sp]), "steps": steps[s.folder, sp]}
-                                        for sp in args.features}} for s in sequences]}
+                             "spaces": {sp: paths[s.folder, sp] for sp in args.features}} for s in sequences]}
     write_report(args.out, report)
     print("\n".join(_table(report)))
     print(f"wrote {os.path.join(args.out, 'report.md')} (and report.csv, sequences.csv, report.json, plots/)")

@@ -210,8 +210,8 @@ class Cache:
 class VectorSpace:
     """Frames as vectors (`encode`: images [B, 3, H, W] in [0, 1] -> [B, D]); a step is a Euclidean distance."""
 
-    def __init__(self, name: str, ident: str, encode, cache: Cache, batch: int = 8):
-        self.name, self.ident, self.encode, self.cache, self.batch = name, ident, encode, cache, batch
+    def __init__(self, ident: str, encode, cache: Cache, batch: int = 8):
+        self.ident, self.encode, self.cache, self.batch = ident, encode, cache, batch
 
     @torch.no_grad()
     def vectors(self, frames) -> torch.Tensor:
@@ -233,8 +233,8 @@ class LPIPSSpace:
     """LPIPS between adjacent frames (each frame through the network once, only two frames' layers held at a
     time), cached per pair of frames."""
 
-    def __init__(self, name: str, ident: str, net, cache: Cache, device):
-        self.name, self.ident, self.net, self.cache, self.device = name, ident, net, cache, device
+    def __init__(self, ident: str, net, cache: Cache, device):
+        self.ident, self.net, self.cache, self.device = ident, net, cache, device
 
     @torch.no_grad()
     def steps(self, frames) -> list:
@@ -251,7 +251,7 @@ class LPIPSSpace:
 
 def _ident(space: str, paths) -> str:
     """A space's cache name: its name and the sha256 of the weights that define it."""
-    return f"{space}-" + hashlib.sha256("".join(weights.sha256_of(p) for p in paths).encode()).hexdigest()[:16]
+    return f"{space}-" + hashlib.sha256("".join(weights.file_sha256(p) for p in paths).encode()).hexdigest()[:16]
 
 
 def load_spaces(spaces, paths: dict, args, device, cache: Cache) -> dict:
@@ -262,7 +262,7 @@ def load_spaces(spaces, paths: dict, args, device, cache: Cache) -> dict:
         if space == "inception":
             from ldm.inception import load_inception
             net = load_inception(paths[space][0], device=device)
-            loaded[space] = VectorSpace(space, ident, lambda x, net=net: net(x.to(device)).float().cpu(), cache)
+            loaded[space] = VectorSpace(ident, lambda x, net=net: net(x.to(device)).float().cpu(), cache)
         elif space == "clip":
             from ldm.clip import load_clip
             from ldm.clip_transform import clip_preprocess
@@ -271,9 +271,9 @@ def load_spaces(spaces, paths: dict, args, device, cache: Cache) -> dict:
             def encode(x, clip=clip):
                 v = clip.encode_image(clip_preprocess(x, clip.image_size, value_range=(0.0, 1.0)).to(device)).float()
                 return torch.nn.functional.normalize(v, dim=-1).cpu()
-            loaded[space] = VectorSpace(space, ident, encode, cache)
+            loaded[space] = VectorSpace(ident, encode, cache)
         else:
             from ldm.lpips import load_lpips
             net = load_lpips(space.removeprefix("lpips-"), *paths[space], device=device)
-            loaded[space] = LPIPSSpace(space, ident, net, cache, device)
+            loaded[space] = LPIPSSpace(ident, net, cache, device)
     return loaded

@@ -43,11 +43,10 @@ def _summary(seq: Sequence, steps: list) -> dict:
     return {"positions": list(seq.positions), "steps": steps, **path_metrics(steps)}
 
 
-def _path(seq: Sequence, decoded_ends) -> tuple:
-    """The frames of the path the method moves along: the inputs as their latents decode (one VAE round trip
-    from the images themselves, a gap no position can close), and the frames between them."""
-    first, last = decoded_ends(seq.folder)
-    return (Frame.of_image(first, "decoded input 0"), *seq.frames[1:-1], Frame.of_image(last, "decoded input N"))
+def _path(seq: Sequence, ends: tuple) -> tuple:
+    """The frames of the path the method moves along: the inputs as their latents decode (`ends`: one VAE round
+    trip from the images themselves, a gap no position can close), and the frames between them."""
+    return (ends[0], *seq.frames[1:-1], ends[1])
 
 
 def retime(s, make, decoded_ends) -> dict:
@@ -63,12 +62,14 @@ def retime(s, make, decoded_ends) -> dict:
                          Cache(os.path.join(s.out, "features.safetensors")))[s.retime]
     try:
         first = Sequence.read(s.out)
-        before = _summary(first, loaded.steps(_path(first, decoded_ends)))
+        # both passes start from the same inputs, so their decoded latents are the same
+        ends = tuple(Frame.of_image(im, f"decoded input {k}") for k, im in zip((0, "N"), decoded_ends(s.out)))
+        before = _summary(first, loaded.steps(_path(first, ends)))
         target = dataclasses.replace(s, schedule=even_positions(first.positions, before["steps"]),
                                      out=os.path.join(s.out, RETIMED), retime=None)
         make(target)
         second = Sequence.read(target.out)
-        after = _summary(second, loaded.steps(_path(second, decoded_ends)))
+        after = _summary(second, loaded.steps(_path(second, ends)))
     finally:
         loaded.cache.save()
     record = {"space": s.retime, "folder": RETIMED, "before": before, "after": after}

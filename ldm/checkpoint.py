@@ -85,15 +85,21 @@ def _listing(keys) -> str:
     return ", ".join(keys[:4]) + (f" ... ({len(keys)} in all)" if len(keys) > 4 else "")
 
 
+def key_mismatch(expected, present) -> str:
+    """What keeps the key set `present` from being `expected`, in words ('' when they are equal)."""
+    missing, unexpected = set(expected) - set(present), set(present) - set(expected)
+    parts = ([f"missing {len(missing)} keys ({_listing(missing)})"] if missing else []) + \
+            ([f"{len(unexpected)} unexpected keys ({_listing(unexpected)})"] if unexpected else [])
+    return "; ".join(parts)
+
+
 def load_module(st: SafetensorsFile, module: nn.Module, prefix: str, dtype: torch.dtype, what: str) -> nn.Module:
     """Fill a meta-device `module` from the file's `prefix.*` tensors: strict keys and shapes, one copy."""
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     present = {k[len(prefix):] for k in st.keys() if k.startswith(prefix)}
-    missing, unexpected = expected.keys() - present, present - expected.keys()
-    if missing or unexpected:
-        parts = ([f"missing {len(missing)} keys ({_listing(missing)})"] if missing else []) + \
-                ([f"{len(unexpected)} unexpected keys ({_listing(unexpected)})"] if unexpected else [])
-        raise UserError(f"{st.path}: the {what} does not match the expected architecture: {'; '.join(parts)}. "
+    mismatch = key_mismatch(expected, present)
+    if mismatch:
+        raise UserError(f"{st.path}: the {what} does not match the expected architecture: {mismatch}. "
                         f"Is it the right file, and does --config describe it?")
     wrong = [k for k in expected if st.shape(prefix + k) != expected[k]]
     if wrong:

@@ -42,13 +42,18 @@ def number(kind, low=None, high=None, low_open: bool = False):
 COMPILED_BATCH = 4  # rows of each call to a compiled UNet whose batch would vary (2 frames with guidance)
 
 
+def add_device_arg(p) -> None:
+    """--device, the GPU when there is one."""
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda, cuda:N or mps")
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """Options every command that loads SD takes."""
     p.add_argument("--ckpt", default=DEFAULT_MODEL,
                    help=f"checkpoint path or weights-catalog name (default {DEFAULT_MODEL}, downloaded on first use)")
     p.add_argument("--config", default=None, help="architecture JSON for non-SD-2.1 checkpoints")
     p.add_argument("--prediction", choices=["v", "eps"], default=None, help="override the model's prediction type")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda, cuda:N or mps")
+    add_device_arg(p)
     p.add_argument("--dtype", default="auto",
                    help="float32, float16, bfloat16, or auto: on CUDA bfloat16 where the card has it, else "
                         "float16; bfloat16 on CPUs with native bfloat16 (AVX512-BF16 or AMX); else float32")

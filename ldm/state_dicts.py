@@ -10,7 +10,7 @@ import pickle
 import torch
 import torch.nn as nn
 
-from .checkpoint import _listing
+from .checkpoint import key_mismatch
 from .errors import UserError
 from .safetensors_io import SafetensorsFile
 
@@ -51,11 +51,9 @@ def check_state(state: dict, expected: dict, path, what: str, drop: tuple = ()) 
     for key in expected.keys() - state.keys():
         if key.endswith(OPTIONAL_SUFFIX):
             state[key] = torch.zeros(expected[key], dtype=torch.long)
-    missing, unexpected = expected.keys() - state.keys(), state.keys() - expected.keys()
-    if missing or unexpected:
-        parts = ([f"missing {len(missing)} keys ({_listing(missing)})"] if missing else []) + \
-                ([f"{len(unexpected)} unexpected keys ({_listing(unexpected)})"] if unexpected else [])
-        raise UserError(f"{path} is not the {what} weights file: {'; '.join(parts)}. Pass the published file")
+    mismatch = key_mismatch(expected, state)
+    if mismatch:
+        raise UserError(f"{path} is not the {what} weights file: {mismatch}. Pass the published file")
     wrong = [k for k in expected if tuple(state[k].shape) != tuple(expected[k])]
     if wrong:
         k = wrong[0]

@@ -74,6 +74,12 @@ def _verify(path: Path, entry: dict) -> None:
     _stamp(path, actual)
 
 
+def file_sha256(path) -> str:
+    """A file's sha256: the one its `.sha256` stamp records (the catalog check hashed it already), else computed."""
+    stamp = _stamp_path(Path(path))
+    return stamp.read_text().strip() if stamp.exists() else sha256_of(path)
+
+
 def _stamp_path(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 

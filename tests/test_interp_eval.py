@@ -84,7 +84,7 @@ def test_frames_of_different_sizes_are_encoded_in_separate_batches(tmp_path):
     def encode(x):
         calls.append(tuple(x.shape))
         return x.mean(dim=(2, 3))
-    space = measure.VectorSpace("mean", "mean-0", encode, measure.Cache(None))
+    space = measure.VectorSpace("mean-0", encode, measure.Cache(None))
     assert space.steps(frames) == pytest.approx([40 / 255, 40 / 255])
     assert sorted(calls) == [(1, 3, 12, 8), (2, 3, 8, 8)]
 

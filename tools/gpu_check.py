@@ -44,6 +44,7 @@ from ldm.config import ModelConfig, parse_config  # noqa: E402
 from ldm.controlnet import ControlNet  # noqa: E402
 from ldm.ddim import DDIM  # noqa: E402
 from ldm.denoiser import Denoiser  # noqa: E402
+from ldm.runtime import add_device_arg  # noqa: E402
 from ldm.schedule import NoiseSchedule  # noqa: E402
 from ldm.text import TextTransformer  # noqa: E402
 from ldm.unet import UNetModel  # noqa: E402
@@ -67,18 +68,18 @@ def inputs(cfg, clip_cfg, size: int, device) -> dict:
     """One call's inputs per network (batch 2, guidance-sized), float32."""
     g = torch.Generator().manual_seed(0)
     side = size // 8
-    x = torch.randn(2, cfg.unet.in_channels, side, side, generator=g)
-    ctx = torch.randn(2, 77, cfg.unet.context_dim, generator=g)
-    hint = torch.rand(2, 3, size, size, generator=g)
-    images = torch.randn(2, 3, clip_cfg.vision.image_size, clip_cfg.vision.image_size, generator=g)
-    z = torch.randn(2, cfg.vae.z_channels, side, side, generator=g)
-    t = torch.tensor([500, 500])
-    on = lambda *ts: [v.to(device) for v in ts]  # noqa: E731
-    return {"unet": lambda m, d: m(*on(x.to(d), t, ctx.to(d))),
-            "vae": lambda m, d: m.decode(*on(z.to(d))),
-            "text": lambda m, d: m(*on(ldm.tokenize(["a photograph of a cat", "a painting of a dog"]))),
-            "controlnet": lambda m, d: torch.cat([r.flatten() for r in m(*on(x.to(d), hint.to(d), t, ctx.to(d)))]),
-            "clip": lambda m, d: m.encode_image(*on(images.to(d)))}
+    x, ctx, hint, images, z = (v.to(device) for v in (
+        torch.randn(2, cfg.unet.in_channels, side, side, generator=g), torch.randn(2, 77, cfg.unet.context_dim, generator=g),
+        torch.rand(2, 3, size, size, generator=g),
+        torch.randn(2, 3, clip_cfg.vision.image_size, clip_cfg.vision.image_size, generator=g),
+        torch.randn(2, cfg.vae.z_channels, side, side, generator=g)))
+    t = torch.tensor([500, 500], device=device)
+    tokens = ldm.tokenize(["a photograph of a cat", "a painting of a dog"]).to(device)
+    return {"unet": lambda m, d: m(x.to(d), t, ctx.to(d)),
+            "vae": lambda m, d: m.decode(z.to(d)),
+            "text": lambda m, d: m(tokens),
+            "controlnet": lambda m, d: torch.cat([r.flatten() for r in m(x.to(d), hint.to(d), t, ctx.to(d))]),
+            "clip": lambda m, d: m.encode_image(images.to(d))}
 
 
 @torch.no_grad()
@@ -215,7 +216,7 @@ def print_tables(results) -> None:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_arg(p)
     p.add_argument("--dry-run", action="store_true", help="every section at the tiny test size, without compiling")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--work", default=None, help="folder for the synthetic checkpoints (default: a temporary one)")
