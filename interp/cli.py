@@ -214,8 +214,8 @@ def _pair(s: Settings, models: Models):
     t_inversion = time.perf_counter() - t0
 
     interp = Interpolator(sd, plan, text, s.cfg, s.eta, s.seed, controlnet, poses, tuple(s.control_strength), s.warp,
-                          scorer, s.max_batch or (COMPILED_BATCH if s.compile else None), fixed_batch=s.compile,
-                          chooser=steering)
+                          scorer, s.max_batch or (COMPILED_BATCH if s.compile else None), s.max_decode,
+                          fixed_batch=s.compile, chooser=steering)
     if studio is not None:
         studio.can_pose = interp.controlnet is not None
         interp.chooser = studio.chooser(steering, interp.conditioning)
@@ -234,10 +234,13 @@ def _pair(s: Settings, models: Models):
         steps = interp.steps_to_run(latents)
         tick = progress(steps, "frames")
         interp.run(latents, out.save_frame, out.save_candidates, progress=studio.progress(steps, tick) if studio else tick)
-        out.record(notes=notes, unet_calls=interp.unet_calls, rounds=[
-            {"timestep": lvl.timestep, "step": lvl.step, "frames": [f.index for f in frames], "candidates": k}
-            for lvl, frames, k in zip(plan.levels, plan.rounds, plan.candidates)],
-            seconds={"inversion": t_inversion, "frames": time.perf_counter() - t0, "total": time.perf_counter() - t_start})
+        rows, images = interp.limits
+        rounds = [{"timestep": lvl.timestep, "step": lvl.step, "frames": [f.index for f in frames], "candidates": k}
+                  for lvl, frames, k in zip(plan.levels, plan.rounds, plan.candidates)]
+        out.record(notes=notes, unet_calls=interp.unet_calls, rounds=rounds,
+                   batch_limits={"unet_rows": rows, "vae_images": images},
+                   seconds={"inversion": t_inversion, "frames": time.perf_counter() - t0,
+                            "total": time.perf_counter() - t_start})
         out.finish(s.fps)
 
     try:

@@ -9,7 +9,7 @@ from collections import Counter
 
 import torch
 
-from ldm import rng
+from ldm import memory, rng
 from ldm.ddim import DDIM
 from ldm.denoiser import Denoiser
 from ldm.errors import UserError
@@ -23,7 +23,7 @@ from .warp import warp_latent
 class Interpolator:
     def __init__(self, sd, plan, text, guidance: float = 7.5, eta: float = 0.0, seed: int = 0, controlnet=None,
                  poses=None, strength=(1.0, 1.5), warp=None, scorer=None, max_batch: int = None,
-                 fixed_batch: bool = False, chooser=None):
+                 max_decode: int = None, fixed_batch: bool = False, chooser=None):
         if any(k > 1 for k in plan.candidates) and scorer is None:
             raise UserError("several candidates per frame need a scorer to rank them (e.g. CLIP): give --clip or --candidates 1")
         if warp is not None and not plan.scheme.warps:
@@ -33,7 +33,9 @@ class Interpolator:
         self.sampler = DDIM(sd.schedule, sd.config.prediction, plan.steps, eta)
         self.controlnet = controlnet if poses else None
         self.poses, self.strength, self.warp = poses, strength, warp
-        self.scorer, self.max_batch, self.fixed_batch = scorer, max_batch, fixed_batch
+        self.scorer, self.fixed_batch = scorer, fixed_batch
+        self.max_batch, self.max_decode = max_batch, max_decode  # None: what fits in the free memory
+        self.limits = None  # (UNet rows, VAE images) per call, found at the first `run` (`batch_limits`)
         self.chooser = chooser or Steering()  # who decides each round: CLIP (and the recorded decisions), or a person
         self._prompts = {}
         self.round_of = {f.index: r for r, frames in enumerate(plan.rounds) for f in frames}
@@ -65,7 +67,7 @@ class Interpolator:
             people = None if keypoints is None else [torch.as_tensor(p, dtype=torch.float64).numpy() for p in keypoints]
             hint = self.poses.hints(positions, people)
             strength = control_strength(positions, *self.strength)
-        model = Denoiser(self.sd.unet, self.controlnet, hint, strength, self.max_batch, pad=self.fixed_batch)
+        model = Denoiser(self.sd.unet, self.controlnet, hint, strength, self.limits[0], pad=self.fixed_batch)
         generators, seen = [], Counter()  # one per (frame, candidate), for the noise of eta > 0
         for i in indices:
             generators.append(rng.generator(self.seed, "eta", i, seen[i], start))
@@ -77,7 +79,7 @@ class Interpolator:
 
     def decode_and_score(self, z, score: bool = True) -> tuple:
         """(PIL images, CLIP scores or None) of a batch of latents."""
-        images = self.sd.decode_latents(z, self.max_batch)
+        images = self.sd.decode_latents(z, self.limits[1])
         scores = self.scorer(images).tolist() if score and self.scorer is not None else None
         return to_pil(images), scores
 
@@ -118,6 +120,38 @@ class Interpolator:
                           keypoints=[kp.tolist() for kp in self.poses.keypoints_at(p)])
         return record
 
+    def kept_bytes(self, latent) -> tuple:
+        """(bytes, bytes) the largest round keeps on the device while it is denoised and while it is
+        decoded, for latents shaped like `latent` [1, C, h, w], besides the network calls themselves."""
+        size, (_, c, h, w) = self.sd.dtype.itemsize, latent.shape
+        rows = max(len(frames) * k for frames, k in zip(self.plan.rounds, self.plan.candidates))
+        # Per guided row its text, per row the sampler's float32 latents; with a ControlNet per row its
+        # hint drawing and per guided row the hint's features.
+        denoising = 2 * rows * self.text.at([0.0])[0][0].numel() * size + 4 * rows * c * h * w * 4
+        if self.controlnet is not None:
+            denoising += rows * (3 * 64 + 2 * self.controlnet.input_hint_block[-1].out_channels) * h * w * size
+        decoding = 2 * rows * 3 * 64 * h * w * 4  # the float32 images, in batches and then concatenated
+        return denoising, decoding
+
+    def batch_limits(self, latent, free: int = None) -> tuple:
+        """(UNet rows, VAE images) of one network call for latents shaped like `latent` [1, C, h, w]: as
+        given, else as many as fit in `free` bytes (default: the free memory of the device, `ldm.memory`)
+        beside what the round keeps there (`kept_bytes`)."""
+        free = memory.free_bytes(self.sd.device) if free is None else free
+        if free is None:
+            return self.max_batch, self.max_decode
+        budget, shape = int(memory.USABLE * free), tuple(latent.shape[1:])
+        denoising, decoding = self.kept_bytes(latent)
+        rows, images = self.max_batch, self.max_decode
+        if rows is None:
+            costs = [memory.unet_cost(self.sd.unet, self.controlnet, shape, tuple(self.text.at([0.0])[0].shape[1:]))]
+            if self.controlnet is not None:
+                costs.append(memory.hint_cost(self.controlnet, (3, 8 * shape[1], 8 * shape[2])))
+            rows = min(cost.rows(budget - denoising) for cost in costs)
+        if images is None:
+            images = memory.decode_cost(self.sd.vae, shape).rows(budget - decoding)
+        return rows, images
+
     def steps_to_run(self, latents: dict) -> int:
         return self.plan.scheme.steps_to_run(self.plan, latents)
 
@@ -128,5 +162,7 @@ class Interpolator:
         images, scores, kept) when several candidates were ranked; progress(...) after every DDIM step.
         """
         self.latents, self.on_frame, self.on_candidates, self.progress = latents, on_frame, on_candidates, progress
+        if self.limits is None:
+            self.limits = self.batch_limits(latents[0])
         self.plan.scheme.run(self, latents)
         return latents

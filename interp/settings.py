@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 
 from ldm.errors import UserError
-from ldm.runtime import Parser, add_model_args, number
+from ldm.runtime import COMPILED_BATCH, Parser, add_model_args, number
 
 from .measure import SPACES, add_feature_args
 from .rank import NEGATIVE, POSITIVE
@@ -24,7 +24,7 @@ FULL = {"size": None, "steps": 200, "inversion_steps": 200, "candidates": "auto"
 PREVIEW = {"size": "256", "steps": 50, "inversion_steps": 50, "candidates": 1}
 # Not part of a run's identity (left out of the resume check): where it goes, how fast it is made, and how
 # the inputs were spelled (their content is: run.json holds their sha256).
-NOT_COMPARED = ("out", "overwrite", "preview", "fps", "max_batch", "compile", "images", "fetch_only", "interactive",
+NOT_COMPARED = ("out", "overwrite", "preview", "fps", "max_batch", "max_decode", "compile", "images", "fetch_only", "interactive",
                 "host", "port", "retime", "inception", "lpips_backbone", "lpips_heads")
 # Asked for in the settings, but recorded in run.json as what they came to (a size, the model's prediction
 # type, a dtype for "auto").
@@ -66,6 +66,7 @@ class Settings:
     warp: Warp
     seed: int
     max_batch: int
+    max_decode: int
     fps: float
     ckpt: str
     config: str
@@ -195,7 +196,11 @@ def parser(cls=Parser) -> argparse.ArgumentParser:
     run.add_argument("--fps", type=number(float, 0, low_open=True), default=8.0, help="video speed")
     run.add_argument("--fetch-only", action="store_true",
                      help="download every model file this command would need (checking their sha256), then stop")
-    run.add_argument("--max-batch", type=number(int, 1), default=None, help="largest batch of one UNet or VAE call (memory)")
+    run.add_argument("--max-batch", type=number(int, 1), default=None,
+                     help="most rows of one UNet and ControlNet call, two per candidate frame with guidance (default: "
+                          f"what fits in the device's free memory; {COMPILED_BATCH} with --compile)")
+    run.add_argument("--max-decode", type=number(int, 1), default=None,
+                     help="most images of one VAE decoder call (default: what fits in the device's free memory)")
     studio = p.add_argument_group("the interactive mode (end of Section 4.4)")
     studio.add_argument("--interactive", action="store_true",
                         help="choose, re-roll and steer the frames of each round in a local web page (its URL is printed)")

@@ -38,14 +38,20 @@ class ControlNet(Encoder):
         self.zero_convs = nn.ModuleList(TimestepEmbedSequential(nn.Conv2d(ch, ch, 1)) for ch in self.input_channels)
         self.middle_block_out = TimestepEmbedSequential(nn.Conv2d(self.channels, self.channels, 1))
 
-    def forward(self, x, hint, t, context, strength=1.0):
+    def encode_hint(self, hint):
+        """The hint image [B, 3, 8h, 8w] in [0, 1] -> the features [B, C, h, w] added after the first input
+        block. They depend on the hint alone, so a sampler encodes each hint once, not at every step."""
+        return self.input_hint_block(hint, None, None)
+
+    def forward(self, x, hint, t, context, strength=1.0, hint_features=None):
         """13 residuals for `unet(..., control=)`: one per input block, then the middle block's.
 
-        Inputs as for the UNet, and hint [B or 1, 3, 8h, 8w] in [0, 1] in x's dtype; `strength` (a float or
-        one value per sample) scales them all.
+        Inputs as for the UNet, and hint [B or 1, 3, 8h, 8w] in [0, 1] in x's dtype, or instead its
+        `hint_features` (`encode_hint(hint)`, [B or 1, C, h, w]); `strength` (a float or one value per
+        sample) scales them all.
         """
         emb = self.embed_time(t, x.dtype)
-        guided_hint = self.input_hint_block(hint.expand(x.shape[0], -1, -1, -1), emb, context)
+        guided_hint = self.encode_hint(hint) if hint_features is None else hint_features
         h, outs = x, []
         for i, (block, zero_conv) in enumerate(zip(self.input_blocks, self.zero_convs)):
             h = block(h, emb, context)

@@ -40,25 +40,28 @@ class Denoiser:
         self.max_batch, self.pad = max_batch, pad
         self.dtype = next(unet.parameters()).dtype
         self.calls = 0  # UNet evaluations (one per batch), for run logs
-        self._placed = {}  # (device, batch) -> (hint, strength) there
+        self._placed = {}  # (device, batch) -> (hint features, strength) there
 
     def _control(self, device, batch: int) -> tuple:
-        """The hint and strength repeated to `batch` rows on `device`, copied there once, not at every step."""
+        """The ControlNet's hint features and strength, repeated to `batch` rows on `device`: the hint is
+        copied there and encoded once (per sample, before the repeat), not at every step."""
         if (device, batch) not in self._placed:
+            hint = self.hint.to(device, self.dtype)
+            features = in_batches(self.controlnet.encode_hint, self.max_batch, hint)
             strength = torch.as_tensor(self.strength, dtype=torch.float32).reshape(-1)
-            self._placed[device, batch] = (_repeat_to(self.hint.to(device, self.dtype), batch),
-                                           _repeat_to(strength, batch).to(device))
+            self._placed[device, batch] = (_repeat_to(features, batch), _repeat_to(strength, batch).to(device))
         return self._placed[device, batch]
 
     def __call__(self, x, t, context):
         x, context = x.to(self.dtype), context.to(self.dtype)
         t = torch.as_tensor(t, device=x.device).reshape(-1).expand(x.shape[0])
-        hint = strength = None
+        features = strength = None
         if self.controlnet is not None and self.hint is not None:
-            hint, strength = self._control(x.device, x.shape[0])
-        return in_batches(self._run, self.max_batch, x, t, context, hint, strength, pad=self.pad)
+            features, strength = self._control(x.device, x.shape[0])
+        return in_batches(self._run, self.max_batch, x, t, context, features, strength, pad=self.pad)
 
-    def _run(self, x, t, context, hint, strength):
-        control = None if hint is None else self.controlnet(x, hint, t, context, strength=strength)
+    def _run(self, x, t, context, features, strength):
+        control = None if features is None else \
+            self.controlnet(x, None, t, context, strength=strength, hint_features=features)
         self.calls += 1
         return self.unet(x, t, context, control=control)

@@ -3,6 +3,7 @@ a half-written file under its final name: everything is written to a temporary n
 renamed into place. The temporary name of `dir/name.ext` is `dir/name.part.ext` (the extension stays, so
 that writers that pick a format by it still work)."""
 import os
+import json
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -45,3 +46,27 @@ def atomic_path(path):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def json_cached(path: Path, key: str, compute, valid=lambda value: True):
+    """The value stored under `key` in the JSON file `path` if `valid(value)` holds, else `compute()`, stored
+    there for next time. A file that cannot be read is computed again; one that cannot be written keeps the
+    value in memory only."""
+    try:
+        cache = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        cache = {}
+    cache = cache if isinstance(cache, dict) else {}
+    try:
+        if key in cache and valid(cache[key]):
+            return cache[key]
+    except (KeyError, TypeError, ValueError):
+        pass
+    cache[key] = compute()
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            Path(tmp).write_text(json.dumps(cache, indent=1))
+    except OSError:
+        pass
+    return cache[key]

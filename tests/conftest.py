@@ -35,6 +35,16 @@ def accel_cache(tmp_path_factory):
         yield path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def memory_cache(tmp_path_factory):
+    """The memory model's stored costs go to a temporary folder, not the user's cache."""
+    from ldm import memory
+    path = tmp_path_factory.mktemp("memory") / "memory-costs.json"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(memory, "cache_file", lambda: path)
+        yield path
+
+
 @pytest.fixture(scope="session")
 def cases():
     """Inputs and reference outputs computed with the original SD 2.1 / ControlNet code."""

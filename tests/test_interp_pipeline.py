@@ -406,6 +406,25 @@ def test_controlnet_and_warp_run(tiny_sd, tiny_controlnet, text, latents):
         interpolator(tiny_sd, text, "did", warp=Warp(zoom=1.5))
 
 
+def test_the_hint_is_encoded_once_per_round_not_at_every_step(tiny_sd, tiny_controlnet, text, latents):
+    """The ControlNet's hint encoder depends on the pose drawing alone: each round's batch of hints is
+    encoded once (its frames, not their guidance copies), and every step reuses the features."""
+    a = person({1: (32, 20), 2: (20, 20), 5: (44, 20)})
+    poses = PoseConditioning([a], [a], SIZE, SIZE)
+    encoded = []
+    def count(module, args):
+        if not args[0].is_meta:  # (not the memory estimate's calls)
+            encoded.append(args[0].shape[0])
+    hook = tiny_controlnet.input_hint_block.register_forward_pre_hook(count)
+    it = interpolator(tiny_sd, text, controlnet=tiny_controlnet, poses=poses, steps=20)
+    try:
+        run(it, latents)
+    finally:
+        hook.remove()
+    rows = [len(frames) for frames in it.plan.rounds]
+    assert encoded == rows  # one encoding per round, of one row per frame
+    assert it.unet_calls > 2 * len(rows)  # while the UNet ran at every step of every round
+
 # --- the command -----------------------------------------------------------------------------------
 
 def inputs(tmp_path):

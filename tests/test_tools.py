@@ -50,7 +50,8 @@ def test_the_gpu_check_runs_dry_on_the_cpu(tmp_path):
     """tools/gpu_check.py --dry-run: every section at the tiny size, as it runs on a lent GPU at full size."""
     done = subprocess.run([sys.executable, str(ROOT / "tools" / "gpu_check.py"), "--dry-run", "--device", "cpu",
                            "--json", str(tmp_path / "gpu.json"), "--work", str(tmp_path / "work")],
-                          capture_output=True, text=True, env={**os.environ, "SD_INTERP_CACHE": str(tmp_path)})
+                          capture_output=True, text=True,
+                          env={**os.environ, "SD_INTERP_CACHE": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache")})
     assert done.returncode == 0, done.stderr
     r = json.loads((tmp_path / "gpu.json").read_text())
     rows = {(x["network"], x["dtype"]): x for x in r["half_precision"]}
@@ -59,3 +60,13 @@ def test_the_gpu_check_runs_dry_on_the_cpu(tmp_path):
     assert r["eta_sampling"]["finite"] and r["inversion_float16"]["embeddings_moved"] and r["host_syncs"] is None
     assert [s["candidates"] for s in r["sequence"]] == ["1", "auto"] and all(s["seconds"] > 0 for s in r["sequence"])
     assert r["unet_steps"][0]["seconds"] > 0 and "| unet | float16 |" in done.stdout
+
+
+def test_the_memory_plan_fits_the_default_run_on_a_12_gb_card(capsys):
+    """tools/memory_plan.py: the full-size networks on meta tensors, the default 17-frame plan at 512 px."""
+    import memory_plan
+    r = memory_plan.main(["--size", "512", "--memory-gb", "12"])
+    assert 1 <= r["unet_rows"] < 80 and 1 <= r["vae_images"] < 40  # round 4's 80 rows and 40 images are split
+    assert max(max(x["denoise_peak_gb"], x["decode_peak_gb"]) for x in r["rounds"]) <= 12
+    assert [x["frames"] * x["candidates"] for x in r["rounds"]] == [8, 14, 24, 40]
+    assert "fits" in capsys.readouterr().out

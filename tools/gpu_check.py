@@ -12,8 +12,9 @@
 4. Host syncs inside a DDIM step, counted with CUDA's sync debug mode (a CPU has none to count).
 5. The UNet step, eager and compiled (default and reduce-overhead), at each size and batch, with the
    fraction of the measured matmul peak.
-6. One interpolation (17 frames, the default plan), with one candidate and with 8-7-6-5: wall time and peak
-   memory.
+6. The memory model (`ldm.memory`): its estimate of a UNet call at 768 px, batch 16, against CUDA's peak.
+7. One interpolation (17 frames, the default plan), with one candidate and with 8-7-6-5: wall time, peak
+   memory and the batch limits the run took from the free memory.
 
 The networks have random weights in the real layouts (made on the device): the figures are about the code,
 not about images. `--dry-run` runs every section at the tiny test size, without compiling or measuring the
@@ -37,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tools")]
 import ldm  # noqa: E402
 from bench import flops_of, matmul_peak, once, random_module, timed  # noqa: E402
+from ldm import memory  # noqa: E402
 from ldm.accel import accelerate, compile_model  # noqa: E402
 from ldm.checkpoint import PREFIXES, StableDiffusion  # noqa: E402
 from ldm.clip import CLIP, parse_clip_config  # noqa: E402
@@ -137,6 +139,28 @@ def host_syncs(unet, cfg, device, steps: int = 4):
     return {"per_step": (len(syncs) - 1) / steps, "total": len(syncs), "first": syncs[:3]}
 
 
+def memory_model(unet, cfg, device, size: int, batch: int, dtype) -> dict:
+    """The memory model's estimate of a UNet call (`ldm.memory`) against the peak CUDA's allocator saw
+    (None off CUDA: a CPU has no allocator statistics)."""
+    net = accelerate(copy.deepcopy(unet).to(dtype), device)
+    side, context = size // 8, (77, cfg.unet.context_dim)
+    estimate = memory.unet_cost(net, None, (cfg.unet.in_channels, side, side), context).bytes(batch)
+    measured = None
+    if device.type == "cuda":
+        with torch.no_grad():
+            net(torch.zeros(1, cfg.unet.in_channels, side, side, device=device, dtype=dtype),
+                torch.zeros(1, dtype=torch.long, device=device), torch.zeros(1, *context, device=device, dtype=dtype))
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            x = torch.zeros(batch, cfg.unet.in_channels, side, side, device=device, dtype=dtype)
+            net(x, torch.zeros(batch, dtype=torch.long, device=device), torch.zeros(batch, *context, device=device, dtype=dtype))
+            torch.cuda.synchronize()
+            measured = torch.cuda.max_memory_allocated() - base
+    return {"size": size, "batch": batch, "dtype": str(dtype).removeprefix("torch."), "estimate_gb": estimate / 1e9,
+            "measured_gb": None if measured is None else measured / 1e9}
+
+
 def unet_steps(unet, cfg, device, sizes, batches, dtype, modes, peak: bool = True) -> list:
     """Seconds per UNet call and the fraction of the measured matmul peak (with `peak`), per mode, size, batch."""
     peak = matmul_peak(dtype, device) if peak else None
@@ -192,8 +216,9 @@ def sequence(device, dry_run: bool, candidates: str, folder: Path) -> dict:
     seconds = time.perf_counter() - t0
     peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    limits = json.loads((folder / f"run-{candidates}" / "run.json").read_text())["batch_limits"]
     return {"candidates": candidates, "seconds": seconds, "peak_memory_gb": peak / 1e9,
-            "memory": "CUDA allocated" if device.type == "cuda" else "process RSS"}
+            "memory": "CUDA allocated" if device.type == "cuda" else "process RSS", "batch_limits": limits}
 
 
 def print_tables(results) -> None:
@@ -209,9 +234,12 @@ def print_tables(results) -> None:
     for r in results["unet_steps"]:
         share = "n/a" if r["peak_fraction"] is None else f"{r['peak_fraction']:.1%}"
         print(f"| {r['mode']} | {r['size']} | {r['batch']} | {r['first_s']:.3f} | {r['seconds']:.4f} | {share} |")
+    m = results["memory_model"]
+    measured = "n/a (not CUDA)" if m["measured_gb"] is None else f"{m['measured_gb']:.2f} GB measured"
+    print(f"memory model, UNet {m['size']} px batch {m['batch']} {m['dtype']}: {m['estimate_gb']:.2f} GB estimated, {measured}")
     for r in results["sequence"]:
         print(f"interpolation, candidates {r['candidates']}: {r['seconds']:.1f} s, peak {r['peak_memory_gb']:.2f} GB "
-              f"({r['memory']})")
+              f"({r['memory']}), batch limits {r['batch_limits']}")
 
 
 def main(argv=None):
@@ -237,6 +265,8 @@ def main(argv=None):
     step_dtype = torch.bfloat16 if torch.bfloat16 in dtypes else torch.float16
     results["unet_steps"] = unet_steps(nets["unet"], cfg, device, [64] if a.dry_run else [512, 768],
                                        [2] if a.dry_run else [2, 16], step_dtype, modes, peak=not a.dry_run)
+    results["memory_model"] = memory_model(nets["unet"], cfg, device, 64 if a.dry_run else 768, 2 if a.dry_run else 16,
+                                           step_dtype)
     del nets
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(a.work or tmp)

@@ -10,7 +10,6 @@
 import copy
 import functools
 import hashlib
-import json
 import platform
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 
 from .. import rng
 from ..blocks import FeedForward
-from ..files import atomic_path, user_cache
+from ..files import json_cached, user_cache
 from . import modules as fast
 
 MARGIN = 0.97   # a fast path is taken where its best time is at most this fraction of the plain op's
@@ -138,27 +137,9 @@ def measured_paths(dtype) -> dict:
     return _verdict(machine_key(dtype), dtype)
 
 
-def _read(path: Path) -> dict:
-    try:
-        cache = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return cache if isinstance(cache, dict) else {}
-
-
 @functools.lru_cache(maxsize=None)
 def _verdict(key: str, dtype) -> dict:
-    path, names = cache_file(), path_names(dtype)
-    cache = _read(path)
-    try:
-        return {name: bool(cache[key][name]["use"]) for name in names}
-    except (KeyError, TypeError):
-        pass
-    cache[key] = measure(dtype)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            Path(tmp).write_text(json.dumps(cache, indent=1))
-    except OSError:
-        pass
-    return {name: cache[key][name]["use"] for name in names}
+    names = path_names(dtype)
+    found = json_cached(cache_file(), key, lambda: measure(dtype),
+                        valid=lambda verdict: all(isinstance(verdict[name]["use"], bool) for name in names))
+    return {name: found[name]["use"] for name in names}
