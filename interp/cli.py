@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from ldm import weights
-from ldm.runtime import COMPILED_BATCH, Parser, check_device, progress, resolve_dtype, run
+from ldm.runtime import COMPILED_BATCH, Parser, check_device, fixed_batch, progress, resolve_dtype, run
 from ldm.images import frame_size, open_image, parse_size, placement, placement_warnings, to_pil, to_tensor
 from ldm.errors import UserError
 from ldm.files import check_writable
@@ -213,9 +213,10 @@ def _pair(s: Settings, models: Models):
     text = _text(sd, s, x, model_id, out, notes, invert=scheme.denoises)
     t_inversion = time.perf_counter() - t0
 
+    fixed = fixed_batch(s.compile, sd.device)
     interp = Interpolator(sd, plan, text, s.cfg, s.eta, s.seed, controlnet, poses, tuple(s.control_strength), s.warp,
-                          scorer, s.max_batch or (COMPILED_BATCH if s.compile else None), s.max_decode,
-                          fixed_batch=s.compile, chooser=steering)
+                          scorer, s.max_batch or (COMPILED_BATCH if fixed else None), s.max_decode,
+                          fixed_batch=fixed, chooser=steering)
     if studio is not None:
         studio.can_pose = interp.controlnet is not None
         interp.chooser = studio.chooser(steering, interp.conditioning)

@@ -198,7 +198,7 @@ def parser(cls=Parser) -> argparse.ArgumentParser:
                      help="download every model file this command would need (checking their sha256), then stop")
     run.add_argument("--max-batch", type=number(int, 1), default=None,
                      help="most rows of one UNet and ControlNet call, two per candidate frame with guidance (default: "
-                          f"what fits in the device's free memory; {COMPILED_BATCH} with --compile)")
+                          f"what fits in the device's free memory; {COMPILED_BATCH} with --compile on a CPU)")
     run.add_argument("--max-decode", type=number(int, 1), default=None,
                      help="most images of one VAE decoder call (default: what fits in the device's free memory)")
     studio = p.add_argument_group("the interactive mode (end of Section 4.4)")

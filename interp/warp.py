@@ -38,6 +38,14 @@ class Warp:
             raise UserError(f"warp center must be an (x, y) point with coordinates in [0, 1], got {self.center}")
 
 
+def reflect(grid):
+    """Sampling points of grid_sample's [-1, 1] coordinates (align_corners=False: -1 and 1 are the outer
+    edges of the border pixels) reflected back in across those edges, as padding_mode="reflection" does.
+    Done on the grid, so the sampling itself needs only "border" padding, which every device has (MPS has
+    no reflection kernel)."""
+    return 1 - ((grid + 1).remainder(4) - 2).abs()
+
+
 def warp_latent(z: torch.Tensor, warp: Warp, amount) -> torch.Tensor:
     """z [B, C, h, w] warped by `amount` (a float, or a tensor [B] of per-sample amounts) of
     `warp`; amount 0 returns the sample exactly unchanged."""
@@ -54,8 +62,8 @@ def warp_latent(z: torch.Tensor, warp: Warp, amount) -> torch.Tensor:
     shifted = [amount * (2 * p) + c for p, c in zip(warp.pan, center)]  # pan + center
     rows = [[m[i][0], m[i][1], center[i] - m[i][0] * shifted[0] - m[i][1] * shifted[1]] for i in range(2)]
     theta = torch.stack([torch.stack(row, dim=1) for row in rows], dim=1)
-    grid = F.affine_grid(theta, [B, C, h, w], align_corners=False)
-    warped = F.grid_sample(z.to(compute), grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    grid = reflect(F.affine_grid(theta, [B, C, h, w], align_corners=False))
+    warped = F.grid_sample(z.to(compute), grid, mode="bilinear", padding_mode="border", align_corners=False)
     return torch.where(amount.view(B, 1, 1, 1) == 0, z, warped.to(z.dtype))
 
 

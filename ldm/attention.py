@@ -4,14 +4,15 @@ SD 2.1 overflows in float16 unless q.k^T and the softmax are computed in float32
 ATTN_PRECISION="fp32"). `attention` is the reference formula with that rule, the one the model files call;
 the acceleration layer puts a fused kernel in its place (`ldm.accel.modules.sdpa`).
 """
+import torch
 
 
-def attention(q, k, v, mask=None):
-    """softmax(q k^T / sqrt(d) + mask) v over [B, heads, L, d] tensors, scores and softmax in float32;
-    mask is additive [Lq, Lk]."""
+def attention(q, k, v, causal: bool = False):
+    """softmax(q k^T / sqrt(d)) v over [B, heads, L, d] tensors, scores and softmax in float32; `causal`:
+    query i attends to keys 0..i only (the text encoder's mask)."""
     scores = (q.float() @ k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5
-    if mask is not None:
-        scores = scores + mask
+    if causal:
+        scores = scores + torch.full(scores.shape[-2:], float("-inf"), device=q.device).triu(1)
     return (scores.softmax(dim=-1) @ v.float()).to(q.dtype)
 
 

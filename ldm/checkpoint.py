@@ -93,8 +93,10 @@ def key_mismatch(expected, present) -> str:
     return "; ".join(parts)
 
 
-def load_module(st: SafetensorsFile, module: nn.Module, prefix: str, dtype: torch.dtype, what: str) -> nn.Module:
-    """Fill a meta-device `module` from the file's `prefix.*` tensors: strict keys and shapes, one copy."""
+def load_module(st: SafetensorsFile, module: nn.Module, prefix: str, dtype: torch.dtype, what: str,
+                device="cpu") -> nn.Module:
+    """Fill a meta-device `module` on `device` from the file's `prefix.*` tensors: strict keys and shapes,
+    each tensor read once, straight to the device."""
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     present = {k[len(prefix):] for k in st.keys() if k.startswith(prefix)}
     mismatch = key_mismatch(expected, present)
@@ -106,7 +108,7 @@ def load_module(st: SafetensorsFile, module: nn.Module, prefix: str, dtype: torc
         k = wrong[0]
         raise UserError(f"{st.path}: {len(wrong)} {what} tensors have unexpected shapes (e.g. {prefix}{k} is "
                         f"{list(st.shape(prefix + k))}, expected {list(expected[k])}): pass --config for this architecture")
-    state = dict((k[len(prefix):], t) for k, t in st.read_many([prefix + k for k in expected], dtype))
+    state = dict((k[len(prefix):], t) for k, t in st.read_many([prefix + k for k in expected], dtype, device))
     module.load_state_dict(state, strict=True, assign=True)
     return module.requires_grad_(False).eval()
 
@@ -207,7 +209,7 @@ def load_checkpoint(path, device="cpu", dtype=torch.float32, prediction=None, co
         unet, vae, text = UNetModel(cfg.unet), AutoencoderKL(cfg.vae), TextTransformer(cfg.text)
     modules = []
     for module, key, what in ((unet, "unet", "UNet"), (vae, "vae", "VAE"), (text, "text", "text encoder")):
-        modules.append(load_module(st, module, PREFIXES[key], dtype, what).to(device))
+        modules.append(load_module(st, module, PREFIXES[key], dtype, what, device))
     if fast:
         modules = [accelerate(m, device) for m in modules]
     notes = [f"prediction type {pred}: {how}"] + ([f"catalog entry {name}"] if name else [])

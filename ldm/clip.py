@@ -242,7 +242,7 @@ def load_clip(path, config=None, device="cpu", dtype=torch.float32, quick_gelu=N
     cfg = replace(parse_clip_config(config), quick_gelu=act) if config is not None else infer_config(st, act)
     with torch.device("meta"):
         model = CLIP(cfg)
-    model = load_module(st, model, "", dtype, "CLIP model").to(device)
+    model = load_module(st, model, "", dtype, "CLIP model", device)
     if fast:
         accelerate(model, device)
     model.notes = [f"architecture {'from the config' if config is not None else 'read from the tensor shapes'}",

@@ -75,5 +75,5 @@ def load_controlnet(path, device="cpu", dtype=torch.float32, config=None, fast: 
         cfg = replace(cfg, hint_channels=st.shape(hint_key)[1])
     with torch.device("meta"):
         net = ControlNet(cfg)
-    net = load_module(st, net, PREFIXES["controlnet"], parse_dtype(dtype), "ControlNet").to(device)
+    net = load_module(st, net, PREFIXES["controlnet"], parse_dtype(dtype), "ControlNet", device)
     return accelerate(net, device) if fast else net

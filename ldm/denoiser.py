@@ -26,7 +26,9 @@ def in_batches(fn, max_batch: int, *tensors, pad: bool = False):
         rows = part[0].shape[0]
         if pad and rows < step:
             part = [None if t is None else torch.cat([t, t[-1:].expand(step - rows, *t.shape[1:])]) for t in part]
-        outs.append(fn(*part)[:rows])
+        out = fn(*part)[:rows]
+        # A network under CUDA graphs returns its graph's own output buffer, which its next call overwrites.
+        outs.append(out.clone() if step < n else out)
     return torch.cat(outs)
 
 

@@ -39,7 +39,13 @@ def number(kind, low=None, high=None, low_open: bool = False):
     return parse
 
 
-COMPILED_BATCH = 4  # rows of each call to a compiled UNet whose batch would vary (2 frames with guidance)
+COMPILED_BATCH = 4  # rows of each call to a CPU-compiled UNet whose batch would vary (2 frames with guidance)
+
+
+def fixed_batch(compiled: bool, device) -> bool:
+    """Whether a compiled network is called with one batch size: on CPUs (frozen graphs, one per shape);
+    CUDA graphs take any batch (`compile_model`)."""
+    return compiled and torch.device(device).type == "cpu"
 
 
 def add_device_arg(p) -> None:
@@ -58,9 +64,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="float32, float16, bfloat16, or auto: on CUDA bfloat16 where the card has it, else "
                         "float16; bfloat16 on CPUs with native bfloat16 (AVX512-BF16 or AMX); else float32")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the UNet (and ControlNet): faster steps on GPUs after a slow first one; "
-                        f"interpolations then call it with a fixed batch (--max-batch, default {COMPILED_BATCH}) "
-                        "so that it compiles once")
+                   help="torch.compile the UNet and ControlNet (on CUDA the VAE decoder too): faster steps on GPUs "
+                        "after a slow first one; on CPUs interpolations then call them with a fixed batch "
+                        f"(--max-batch, default {COMPILED_BATCH}) so that they compile once")
 
 
 def check_device(name: str) -> torch.device:
@@ -85,6 +91,8 @@ def load_model(args, path=None):
                          prediction=args.prediction, config=args.config)
     if args.compile:
         compile_model(sd.unet, device)
+        if device.type == "cuda":  # (on CPUs each batch size of the decoder would compile and freeze anew)
+            compile_model(sd.vae.decoder, device)
     for note in sd.notes:
         print(f"[model] {note}", file=sys.stderr)
     return sd

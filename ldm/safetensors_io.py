@@ -70,13 +70,16 @@ class SafetensorsFile:
         begin, end = self.tensors[key]["data_offsets"]
         return end - begin
 
-    def read(self, key, dtype=None, file=None) -> torch.Tensor:
-        """One tensor, read straight into its own buffer (cast to `dtype` if it is floating point)."""
+    def read(self, key, dtype=None, file=None, device="cpu") -> torch.Tensor:
+        """One tensor, read straight into its own buffer and put on `device`, then cast to `dtype` there if
+        it is floating point. For a CUDA device the buffer is pinned host memory and the copy does not
+        wait: it runs while the next tensor is read, and the cast runs on the GPU."""
         begin, end = self.tensors[key]["data_offsets"]
         src = self.dtype(key)
         if end - begin != self.numel(key) * src.itemsize:
             raise UserError(f"{self.path}: tensor {key} has {end - begin} bytes for shape {self.shape(key)}: the file is corrupt")
-        buf = torch.empty(end - begin, dtype=torch.uint8)
+        device = torch.device(device)
+        buf = torch.empty(end - begin, dtype=torch.uint8, pin_memory=device.type == "cuda")
         f = file or open(self.path, "rb")
         try:
             f.seek(self.data_offset + begin)
@@ -85,14 +88,14 @@ class SafetensorsFile:
         finally:
             if file is None:
                 f.close()
-        t = buf.view(src).reshape(self.shape(key))
+        t = buf.view(src).reshape(self.shape(key)).to(device, non_blocking=True)
         return t.to(dtype) if dtype is not None and t.is_floating_point() and dtype != src else t
 
-    def read_many(self, keys, dtype=None):
+    def read_many(self, keys, dtype=None, device="cpu"):
         """Yield (key, tensor) for `keys`, in file order to read sequentially."""
         with open(self.path, "rb") as f:
             for key in sorted(keys, key=lambda k: self.tensors[k]["data_offsets"][0]):
-                yield key, self.read(key, dtype, file=f)
+                yield key, self.read(key, dtype, file=f, device=device)
 
 
 def write(path, specs: dict, make, metadata: dict = None) -> None:

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from .config import TextConfig
-from .transformer import Transformer, causal_mask
+from .transformer import Transformer
 
 
 class TextTransformer(nn.Module):
@@ -25,7 +25,7 @@ class TextTransformer(nn.Module):
         """Tokens [B,77] -> per-token features [B,77,width] after `ln_final`."""
         x = self.token_embedding(tokens) + self.positional_embedding.to(self.token_embedding.weight.dtype)
         depth = len(self.transformer.resblocks) - (1 if layer == "penultimate" else 0)
-        x = self.transformer(x, causal_mask(x.shape[1], x.device).to(x.dtype), layers=depth)
+        x = self.transformer(x, causal=True, layers=depth)
         return self.ln_final(x)
 
     def pooled(self, tokens):

@@ -29,9 +29,9 @@ class MultiheadAttention(nn.Module):
         self.in_proj_bias = nn.Parameter(torch.empty(3 * width))
         self.out_proj = nn.Linear(width, width)
 
-    def forward(self, x, mask=None):
+    def forward(self, x, causal: bool = False):
         q, k, v = (split_heads(t, self.heads) for t in F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1))
-        return self.out_proj(merge_heads(self.attention(q, k, v, mask)))
+        return self.out_proj(merge_heads(self.attention(q, k, v, causal)))
 
 
 class MLP(nn.Module):
@@ -55,8 +55,8 @@ class ResidualAttentionBlock(nn.Module):
         self.ln_2 = nn.LayerNorm(width)
         self.mlp = MLP(width, mlp_width, quick_gelu)
 
-    def forward(self, x, mask=None):
-        x = x + self.attn(self.ln_1(x), mask)
+    def forward(self, x, causal: bool = False):
+        x = x + self.attn(self.ln_1(x), causal)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -65,13 +65,9 @@ class Transformer(nn.Module):
         super().__init__()
         self.resblocks = nn.ModuleList(ResidualAttentionBlock(width, heads, mlp_width, quick_gelu) for _ in range(layers))
 
-    def forward(self, x, mask=None, layers: int = None):
-        """Run the first `layers` blocks (all by default) on batch-first tokens [B, L, width]."""
+    def forward(self, x, causal: bool = False, layers: int = None):
+        """Run the first `layers` blocks (all by default) on batch-first tokens [B, L, width]; `causal`: each
+        token attends to itself and the tokens before it (the text tower)."""
         for block in self.resblocks[:layers]:
-            x = block(x, mask)
+            x = block(x, causal)
         return x
-
-
-def causal_mask(n: int, device=None) -> torch.Tensor:
-    """Additive mask: -inf above the diagonal, so token i attends to tokens 0..i only."""
-    return torch.full((n, n), float("-inf"), device=device).triu(1)

@@ -9,6 +9,7 @@ Shape of the network (SD 2.1: 320 channels, mults 1,2,4,4, 2 res blocks, attenti
 """
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .blocks import (Downsample, GroupNorm32, ResBlock, SpatialTransformer, TimestepEmbedSequential,
@@ -50,7 +51,14 @@ class Encoder(nn.Module):
         self.channels, self.ds = ch, ds
 
     def embed_time(self, t, dtype):
-        return self.time_embed(timestep_embedding(t, self.time_embed[0].in_features).to(dtype))
+        """The time embedding in `dtype`: the sinusoids and the time MLP in float32 whatever the weights'
+        dtype, as ldm's float16 mode (`convert_to_fp16`, which converts the blocks only) keeps `time_embed`
+        in float32. Rounded to bfloat16 first, the slow sinusoids of neighbouring timesteps would be equal."""
+        emb = timestep_embedding(t, self.time_embed[0].in_features)
+        for layer in self.time_embed:
+            emb = layer(emb) if not isinstance(layer, nn.Linear) else \
+                F.linear(emb, layer.weight.float(), layer.bias.float())
+        return emb.to(dtype)
 
 
 class UNetModel(Encoder):

@@ -26,23 +26,16 @@ def run_command(main, args, capsys):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def accel_cache(tmp_path_factory):
-    """The acceleration layer's per-machine verdicts go to a temporary folder, not the user's cache."""
-    from ldm.accel import machine
-    path = tmp_path_factory.mktemp("accel") / "accel-paths.json"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(machine, "cache_file", lambda: path)
-        yield path
-
-
-@pytest.fixture(scope="session", autouse=True)
-def memory_cache(tmp_path_factory):
-    """The memory model's stored costs go to a temporary folder, not the user's cache."""
+def machine_caches(tmp_path_factory):
+    """What the project finds out once per machine (the acceleration layer's verdicts, the memory model's
+    costs) goes to a temporary folder, not the user's cache."""
     from ldm import memory
-    path = tmp_path_factory.mktemp("memory") / "memory-costs.json"
+    from ldm.accel import machine
+    folder = tmp_path_factory.mktemp("machine")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(memory, "cache_file", lambda: path)
-        yield path
+        mp.setattr(machine, "cache_file", lambda: folder / "accel-paths.json")
+        mp.setattr(memory, "cache_file", lambda: folder / "memory-costs.json")
+        yield folder
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import ldm
 from ldm import accel, attention as attn
 from ldm.accel import ConvLinear, CpuConv2d, FoldedUpsample, RowSlicedFeedForward, compile_model, machine
 from ldm.accel import modules as fast
-from ldm.blocks import FeedForward, SpatialTransformer, Upsample
+from ldm.blocks import FeedForward, GroupNorm32, SpatialTransformer, Upsample
 from ldm.denoiser import Denoiser
 
 
@@ -139,7 +139,26 @@ def test_cpu_paths_follow_the_measurement(monkeypatch):
     assert not (p.slice_convs or p.linear_as_conv or p.slice_feedforward) and p.attention is fast.sdpa_float32
     cuda = accel.policy("cuda", torch.float16)
     assert cuda.attention is fast.sdpa and not (cuda.slice_convs or cuda.linear_as_conv or cuda.vae_channels_last)
-    assert accel.policy("mps").attention is fast.sdpa_float32
+    assert cuda.half_group_norm and not accel.policy("cuda", torch.float32).half_group_norm
+    assert not p.half_group_norm  # (the CPU's)
+    assert accel.policy("mps").attention is fast.sdpa_chunked
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_group_norm_matches_the_float32_copy(dtype):
+    """GroupNorm32 without its float32 copy (CUDA's half kernels accumulate in float32): within one
+    rounding of the half dtype of the float32 path, run here on the CPU's kernel."""
+    torch.manual_seed(0)
+    norm = GroupNorm32(64)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    x = (torch.randn(2, 64, 9, 7) * 30 + 5).to(dtype)  # large, offset activations
+    half = copy.deepcopy(norm).to(dtype)
+    plain = half(x)
+    half.__class__ = accel.HalfGroupNorm32
+    with torch.no_grad():
+        torch.testing.assert_close(half(x).float(), plain.float(), atol=0.05, rtol=0.02)
 
 
 def test_micro_benchmark_takes_a_path_only_where_it_wins(monkeypatch, tmp_path):
@@ -202,13 +221,15 @@ def test_bf16_convs_of_a_wrong_kernel_run_in_float32(monkeypatch):
         fast.bf16_conv_ok.cache_clear()
 
 
-@pytest.mark.parametrize("kernel", [fast.sdpa, fast.sdpa_float32])
+@pytest.mark.parametrize("kernel", [fast.sdpa, fast.sdpa_float32, fast.sdpa_chunked])
 def test_fused_attention_matches_the_reference_formula(kernel):
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 3, 10, 16) for _ in range(3))
-    mask = torch.triu(torch.full((10, 10), float("-inf")), 1)
-    for m in (None, mask):
-        torch.testing.assert_close(kernel(q, k, v, m), attn.attention(q, k, v, m), atol=1e-5, rtol=1e-5)
+    for causal in (False, True):
+        torch.testing.assert_close(kernel(q, k, v, causal), attn.attention(q, k, v, causal), atol=1e-5, rtol=1e-5)
+    masked = torch.triu(torch.full((10, 10), float("-inf")), 1)  # the causal rule as an additive mask
+    expected = ((q @ k.transpose(-1, -2)) / 4 + masked).softmax(-1) @ v
+    torch.testing.assert_close(attn.attention(q, k, v, True), expected, atol=1e-5, rtol=1e-5)
     bf = [t.bfloat16() for t in (q, k, v)]
     torch.testing.assert_close(kernel(*bf).float(), attn.attention(*bf).float(), atol=2e-2, rtol=2e-2)
 
@@ -350,3 +371,15 @@ def test_unet_with_linear_as_conv_matches_reference(monkeypatch, tiny_sd, cases)
         as_conv = unet(cases["unet_x"], cases["unet_t"], cases["unet_context"])
     torch.testing.assert_close(as_conv, plain, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(as_conv, cases["unet_out"], atol=1e-4, rtol=1e-4)
+
+
+def test_chunked_attention_takes_the_queries_in_slices_of_bounded_scores(monkeypatch):
+    """The attention of non-CUDA GPUs (MPS): the same result, no slice's scores above SCORE_BYTES."""
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 3, 100, 16), torch.randn(2, 3, 40, 16), torch.randn(2, 3, 40, 16)
+    monkeypatch.setattr(fast, "SCORE_BYTES", 2 * 3 * 40 * 4 * 30)  # 30 queries' scores
+    slices = []
+    real = fast.sdpa_float32
+    monkeypatch.setattr(fast, "sdpa_float32", lambda q, *a: slices.append(q.shape[-2]) or real(q, *a))
+    torch.testing.assert_close(fast.sdpa_chunked(q, k, v), attn.attention(q, k, v), atol=1e-5, rtol=1e-5)
+    assert slices == [30, 30, 30, 10]

@@ -46,13 +46,13 @@ def manifest(folder, pairs: int, **extra_columns) -> str:
     return path
 
 
-def worker_env(tmp_path, accel_cache):
-    """A child's environment: one thread per worker, the test's caches (the accel verdicts made in this
-    process are copied, so that every process takes the same paths)."""
+def worker_env(tmp_path, machine_caches):
+    """A child's environment: one thread per worker, the test's caches (the accel verdicts and memory costs
+    found in this process are copied, so that every process takes the same paths)."""
     xdg = tmp_path / "xdg"
     (xdg / "sd-interp").mkdir(parents=True, exist_ok=True)
-    if accel_cache.exists():
-        shutil.copy(accel_cache, xdg / "sd-interp" / "accel-paths.json")
+    for found in machine_caches.glob("*.json"):
+        shutil.copy(found, xdg / "sd-interp" / found.name)
     return {**os.environ, "OMP_NUM_THREADS": "1", "XDG_CACHE_HOME": str(xdg),
             "SD_INTERP_CACHE": str(tmp_path / "cache-batch")}
 
@@ -123,7 +123,7 @@ def test_one_process_loads_the_models_once_and_resumes_nothing_twice(tmp_path, t
 
 
 def test_two_torchrun_workers_make_what_interpolate_makes_alone(tmp_path, tiny_ckpt, monkeypatch, capsys,
-                                                               accel_cache, one_thread):
+                                                               machine_caches, one_thread):
     path = manifest(tmp_path, 6)
     monkeypatch.setenv("SD_INTERP_CACHE", str(tmp_path / "cache-alone"))
     with open(path) as f:
@@ -135,7 +135,7 @@ def test_two_torchrun_workers_make_what_interpolate_makes_alone(tmp_path, tiny_c
                 "--scheme", scheme, "--out", tmp_path / "alone" / row["id"] / scheme, "--ckpt", tiny_ckpt, *FAST], capsys)
             assert code == 0, err
     child = torchrun([path, "--out", tmp_path / "runs", "--schemes", "ours,did", "--ckpt", tiny_ckpt, *FAST],
-                     worker_env(tmp_path, accel_cache))
+                     worker_env(tmp_path, machine_caches))
     out, err = child.communicate(timeout=300)
     assert child.returncode == 0, err
     alone, batch = frames_of(tmp_path / "alone"), frames_of(tmp_path / "runs")
@@ -159,11 +159,11 @@ def _done_frames(runs):
     return made
 
 
-def test_a_killed_worker_loses_only_its_frame_and_a_rerun_finishes(tmp_path, tiny_ckpt, accel_cache):
+def test_a_killed_worker_loses_only_its_frame_and_a_rerun_finishes(tmp_path, tiny_ckpt, machine_caches):
     path = manifest(tmp_path, 4)
     runs = tmp_path / "runs"
     args = [path, "--out", runs, "--ckpt", tiny_ckpt, *FAST, "--frames", 9, "--steps", 8]
-    env = worker_env(tmp_path, accel_cache)
+    env = worker_env(tmp_path, machine_caches)
     child = torchrun(args, env)
     deadline = time.time() + 240
     while True:  # until one run is complete and another one is half made

@@ -1,6 +1,7 @@
 """Affine latent warps (Section 5.2, Fig. 6)."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 from interp import Warp, warp_latent
 from ldm.errors import UserError
@@ -87,3 +88,15 @@ def test_dtype_is_preserved(dtype):
 def test_bad_warps_are_rejected(kwargs):
     with pytest.raises(UserError):
         Warp(**kwargs)
+
+
+def test_the_grid_reflection_is_grid_samples_reflection_padding():
+    """warp_latent reflects its sampling points itself (MPS has no reflection kernel): the same samples as
+    padding_mode="reflection", for points far outside the latent too."""
+    from interp.warp import reflect
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2, 4, 6, 9, generator=g)
+    grid = torch.rand(2, 5, 7, 2, generator=g) * 12 - 6  # up to 3 widths beyond each side
+    ours = F.grid_sample(z, reflect(grid), mode="bilinear", padding_mode="border", align_corners=False)
+    torch.testing.assert_close(ours, F.grid_sample(z, grid, mode="bilinear", padding_mode="reflection",
+                                                   align_corners=False), atol=1e-5, rtol=1e-5)

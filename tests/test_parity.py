@@ -88,7 +88,7 @@ def test_the_plain_path_matches_the_reference(tiny_ckpt, cases):
     close(plain.text_encoder(cases["text_tokens"]), cases["text_out"])
 
 
-@pytest.mark.parametrize("kernel", [attn.attention, fast.sdpa, fast.sdpa_float32])
+@pytest.mark.parametrize("kernel", [attn.attention, fast.sdpa, fast.sdpa_float32, fast.sdpa_chunked])
 def test_half_attention_softmax_in_float32(kernel):
     """Scores that overflow float16 (|q.k| > 65504) must still give a finite, correct softmax."""
     q = torch.full((1, 1, 4, 64), 40.0, dtype=torch.float16)

@@ -12,13 +12,16 @@ Which paths a device gets at a dtype is its `Policy`:
   every device;
 * fused attention (torch's scaled_dot_product_attention). Its CPU and CUDA kernels accumulate q.k^T and the
   softmax in float32 for half inputs, so SD 2.1's float32-softmax rule holds without an upcast of q, k, v.
-  CUDA runs the half kernel; other devices upcast; CPUs run half inputs through whichever of the two the
-  micro-benchmark found faster on them;
+  CUDA runs the half kernel; other devices (MPS) upcast and take the queries in slices, as their kernels
+  hold the whole score matrix; CPUs run half inputs through whichever of the two the micro-benchmark found
+  faster on them;
 * CPUs: large convolution weights in slices of output channels, long token projections as 1x1 convolutions
   (oneDNN instead of MKL), the feed-forward in row slices, each where the one-time micro-benchmark of
   `machine.py` found it faster than the plain op on this machine at this dtype (a half dtype the CPU only
   emulates gets the plain ops);
 * CPUs, bfloat16: convolutions of a shape that torch's bf16 kernel gets wrong on this CPU run in float32;
+* CUDA, half dtypes: GroupNorm32 without its float32 copy of the activations (CUDA's group_norm accumulates
+  half inputs in float32 itself);
 * CPUs: the VAE in channels-last layout;
 * the dtype of `--dtype auto` (`default_dtype`).
 
@@ -29,14 +32,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ..blocks import FeedForward, SpatialTransformer, Upsample
+from ..blocks import FeedForward, GroupNorm32, SpatialTransformer, Upsample
 from ..vae import AutoencoderKL
 from .machine import cpu_flags, cpu_model, measured_paths, path_names
 from . import modules as fast
-from .modules import ConvLinear, CpuConv2d, FoldedUpsample, RowSlicedFeedForward
+from .modules import ConvLinear, CpuConv2d, FoldedUpsample, HalfGroupNorm32, RowSlicedFeedForward
 
 __all__ = ["Policy", "policy", "default_dtype", "accelerate", "compile_model", "cpu_flags", "cpu_model",
-           "ConvLinear", "CpuConv2d", "FoldedUpsample", "RowSlicedFeedForward"]
+           "ConvLinear", "CpuConv2d", "FoldedUpsample", "HalfGroupNorm32", "RowSlicedFeedForward"]
 
 
 @dataclass(frozen=True)
@@ -48,15 +51,16 @@ class Policy:
     linear_as_conv: bool = False
     slice_feedforward: bool = False
     vae_channels_last: bool = False
+    half_group_norm: bool = False
 
 
 def policy(device, dtype=torch.float32) -> Policy:
     """The fast paths for `device` (a torch.device or its name) at `dtype`."""
     device = torch.device(device)
     if device.type == "cuda":
-        return Policy()
+        return Policy(half_group_norm=dtype != torch.float32)
     if device.type != "cpu":
-        return Policy(attention=fast.sdpa_float32)
+        return Policy(attention=fast.sdpa_chunked)
     # A dtype the CPU only emulates is slow whatever the path: the plain ops, and no time spent measuring.
     won = measured_paths(dtype) if native(dtype) else dict.fromkeys(path_names(dtype), False)
     half_kernel = dtype == torch.float32 or won.get("half_attention", False)
@@ -96,7 +100,9 @@ def accelerate(model: nn.Module, device=None) -> nn.Module:
     projections = {id(m) for t in model.modules() if isinstance(t, SpatialTransformer)
                    for m in t.modules() if type(m) is nn.Linear}
     for m in model.modules():
-        if type(m) is Upsample and p.fold_upsample:
+        if type(m) is GroupNorm32 and p.half_group_norm:
+            m.__class__ = HalfGroupNorm32
+        elif type(m) is Upsample and p.fold_upsample:
             m.__class__, m._kernels = FoldedUpsample, None
         elif type(m) is FeedForward and p.slice_feedforward:
             m.__class__ = RowSlicedFeedForward
@@ -112,10 +118,15 @@ def accelerate(model: nn.Module, device=None) -> nn.Module:
 
 
 def compile_model(module, device, **options):
-    """torch.compile a network in place. On CPUs, inductor also freezes the weights of this network's
-    inference (no-grad) graphs, which prepacks them for oneDNN; graphs that need gradients (textual
-    inversion) are unaffected."""
+    """torch.compile a network in place. On CUDA the graphs take any batch (`dynamic`: the rounds of an
+    interpolation grow, and each size would otherwise compile anew), except under CUDA graphs
+    (mode="reduce-overhead"), which record one graph per shape. On CPUs, inductor also freezes the weights
+    of this network's inference (no-grad) graphs, which prepacks them for oneDNN, and callers keep the
+    batch fixed (`ldm.denoiser.in_batches(pad=True)`); graphs that need gradients (textual inversion) are
+    unaffected."""
     if torch.device(device).type == "cpu":
         options["options"] = {"freezing": True, **options.get("options", {})}
+    elif options.get("mode") != "reduce-overhead":
+        options.setdefault("dynamic", True)
     module.compile(**options)
     return module

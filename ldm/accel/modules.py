@@ -8,17 +8,31 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import rng
-from ..blocks import FeedForward, Upsample
+from ..blocks import FeedForward, GroupNorm32, Upsample
 
-def sdpa(q, k, v, mask=None):
+def sdpa(q, k, v, causal: bool = False):
     """`ldm.attention.attention` through torch's fused scaled_dot_product_attention, for kernels that
-    accumulate half inputs in float32 (CUDA's flash / memory-efficient kernels and the CPU flash kernel do)."""
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask.to(q.dtype))
+    accumulate half inputs in float32 (CUDA's flash / memory-efficient kernels and the CPU flash kernel do).
+    A causal mask is the kernel's own (`is_causal`), which keeps the flash kernel available."""
+    return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
 
 
-def sdpa_float32(q, k, v, mask=None):
+def sdpa_float32(q, k, v, causal: bool = False):
     """The fused kernel on float32 copies of half inputs, for backends whose half kernels may not."""
-    return sdpa(q.float(), k.float(), v.float(), mask).to(q.dtype)
+    return sdpa(q.float(), k.float(), v.float(), causal).to(q.dtype)
+
+
+SCORE_BYTES = 1 << 28
+
+
+def sdpa_chunked(q, k, v, causal: bool = False):
+    """`sdpa_float32` over slices of the queries whose float32 scores take at most SCORE_BYTES, for backends
+    whose kernel builds the whole score matrix (MPS: about 27 GB at 768 px for 16 rows). Causal attention
+    (the text encoder's 77 tokens) is small and left whole."""
+    step = max(1, SCORE_BYTES // (q.shape[:-2].numel() * k.shape[-2] * 4))
+    if causal or q.shape[-2] <= step:
+        return sdpa_float32(q, k, v, causal)
+    return torch.cat([sdpa_float32(part, k, v) for part in q.split(step, dim=-2)], dim=-2)
 
 
 def eager_on_cpu(x) -> bool:
@@ -112,6 +126,15 @@ class ConvLinear(nn.Linear):
         return linear(x, self.weight, self.bias)
 
 
+class HalfGroupNorm32(GroupNorm32):
+    """GroupNorm32 on the half-precision activations themselves, without their float32 copy: for kernels
+    that accumulate the statistics and normalise in float32 already (CUDA's do), where the copies are
+    gigabytes of temporaries in a large batch."""
+
+    def forward(self, x):
+        return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+
 class RowSlicedFeedForward(FeedForward):
     """The feed-forward over slices of ROWS tokens on the CPU, so that the 8x-wide GEGLU projection stays in
     cache instead of streaming through memory."""
@@ -133,9 +156,12 @@ def fold_taps(w, dim: int):
 
 
 def phase_kernels(w):
-    """3x3 weight [o, i, 3, 3] -> the 2x2 kernels of the 4 output phases [(a, b, o), i, 2, 2]."""
+    """3x3 weight [o, i, 3, 3] -> the 2x2 kernels of the 4 output phases [(a, b, o), i, 2, 2]. The taps are
+    summed in float32 and rounded to the weight's dtype once (a half-precision sum of up to 4 taps would
+    round at every addition)."""
     o, i = w.shape[:2]
-    return fold_taps(fold_taps(w, 2), 3).view(o, i, 2, 2, 2, 2).permute(2, 4, 0, 1, 3, 5).reshape(4 * o, i, 2, 2)
+    folded = fold_taps(fold_taps(w.float(), 2), 3).to(w.dtype)
+    return folded.view(o, i, 2, 2, 2, 2).permute(2, 4, 0, 1, 3, 5).reshape(4 * o, i, 2, 2)
 
 
 class FoldedUpsample(Upsample):
