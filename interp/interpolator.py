@@ -127,7 +127,7 @@ class Interpolator:
         rows = max(len(frames) * k for frames, k in zip(self.plan.rounds, self.plan.candidates))
         # Per guided row its text, per row the sampler's float32 latents; with a ControlNet per row its
         # hint drawing and per guided row the hint's features.
-        denoising = 2 * rows * self.text.at([0.0])[0][0].numel() * size + 4 * rows * c * h * w * 4
+        denoising = 2 * rows * self.text.cond[0].numel() * size + 4 * rows * c * h * w * 4
         if self.controlnet is not None:
             denoising += rows * (3 * 64 + 2 * self.controlnet.input_hint_block[-1].out_channels) * h * w * size
         decoding = 2 * rows * 3 * 64 * h * w * 4  # the float32 images, in batches and then concatenated
@@ -144,7 +144,7 @@ class Interpolator:
         denoising, decoding = self.kept_bytes(latent)
         rows, images = self.max_batch, self.max_decode
         if rows is None:
-            costs = [memory.unet_cost(self.sd.unet, self.controlnet, shape, tuple(self.text.at([0.0])[0].shape[1:]))]
+            costs = [memory.unet_cost(self.sd.unet, self.controlnet, shape, tuple(self.text.cond[0].shape[1:]))]
             if self.controlnet is not None:
                 costs.append(memory.hint_cost(self.controlnet, (3, 8 * shape[1], 8 * shape[2])))
             rows = min(cost.rows(budget - denoising) for cost in costs)

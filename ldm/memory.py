@@ -3,7 +3,7 @@
 A call's memory is found by running it on the meta device: the same modules and code path, with meta
 tensors in place of the weights and inputs, so nothing is computed or allocated. A dispatch mode adds up
 the bytes of the tensors alive after each op and keeps the highest total (`peak_bytes`). Fused attention
-is counted as its output only, as the fused kernels never hold the score matrix. Run at batch 1 and 2, a
+is counted as its output only, as the fused kernels never hold the score matrix. Run at 1, 2 and 4 rows, a
 call gives its `Cost`: bytes whatever the batch, and bytes per row. `free_bytes(device)` is what the device
 has left; `Cost.rows` how many rows fit in a budget. The full-size networks take a few seconds to run on
 meta tensors, so each call's Cost is kept per machine in the user's cache (`stored_cost`).
@@ -149,7 +149,7 @@ def stored_cost(key: str, call) -> Cost:
     return Cost(**found)
 
 
-def free_bytes(device) -> int:
+def free_bytes(device) -> int | None:
     """The bytes `device` can still give to tensors: on CUDA what the driver has free plus what torch's
     allocator holds unused; on MPS the recommended working set less what is allocated; on a CPU the
     kernel's MemAvailable. None where it cannot be told."""
