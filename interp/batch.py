@@ -29,7 +29,7 @@ from ldm.files import atomic_path, check_writable
 from ldm.runtime import Parser, run
 from pose.errors import PoseError
 
-from . import chain, cli, manifest
+from . import chain, cli, manifest, retime
 from .models import Models
 from .output import normalise, write_json
 from .schemes import ALIASES, SCHEMES
@@ -152,12 +152,20 @@ def _states(s) -> list:
 
 
 def _finished(s) -> bool:
-    """Whether `s.out` holds a complete run of these settings (a chain: every segment, and its outputs)."""
+    """Whether `s.out` holds a complete run of these settings (a chain: every segment, and its outputs; with
+    `retime`: the re-timed run in that space too)."""
     want = {k: v for k, v in normalise(s.record()).items() if k not in RESOLVED}
     for state in _states(s):
         if not state or state.get("status") != "complete":
             return False
         if any(state["settings"].get(k) != v for k, v in want.items()):
+            return False
+    if s.retime:
+        try:
+            with open(os.path.join(s.out, retime.RECORD), encoding="utf-8") as f:
+                if json.load(f).get("space") != s.retime:
+                    return False
+        except (OSError, ValueError, AttributeError):
             return False
     return len(s.images) == 2 or os.path.isfile(os.path.join(s.out, chain.CHAIN))
 

@@ -27,6 +27,7 @@ from .measure import SPACES, Cache, Frame, Sequence, add_feature_args, load_spac
 from .output import write_json
 
 RETIMED = "retimed"
+RECORD = "retime.json"  # written once the re-timed run is complete
 
 
 def even_positions(positions, steps) -> tuple:
@@ -73,7 +74,7 @@ def retime(s, make, decoded_ends) -> dict:
     finally:
         loaded.cache.save()
     record = {"space": s.retime, "folder": RETIMED, "before": before, "after": after}
-    write_json(os.path.join(s.out, "retime.json"), record)
+    write_json(os.path.join(s.out, RECORD), record)
     print(f"re-timed in {s.retime} space: 1 - Gini {before['smoothness']:.3f} -> {after['smoothness']:.3f}, "
           f"largest step {before['max']:.4g} -> {after['max']:.4g} (path length {before['total']:.4g} -> "
           f"{after['total']:.4g}); the re-timed run is {target.out}", file=sys.stderr)

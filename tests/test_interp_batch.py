@@ -1,6 +1,7 @@
 """interp-batch on the tiny models: the manifest's checks, one process, two torchrun workers (CPU, claims
 through the c10d store), a worker killed mid-run; and `interpolate` through a chain of three images."""
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -222,3 +223,20 @@ def test_a_chain_through_three_images_is_one_sequence(tmp_path, tiny_ckpt, capsy
     code, err = run_command(interpolate_main, [*images, "--prompt", "x", "--poses", "a.json", "b.json",
                                                "--out", tmp_path / "c2", "--ckpt", tiny_ckpt], capsys)
     assert code == 2 and "--poses takes one keypoint file per image: 3, not 2" in err
+
+
+def test_a_row_with_retime_is_finished_only_once_it_is_retimed(tmp_path):
+    """interp-batch skips a finished row; with --retime the row is finished when the re-timed run is, in the
+    space it asks for."""
+    from interp import batch, retime
+    from interp.output import normalise
+    from interp.settings import parse
+    s = parse(["a.png", "b.png", "--prompt", "a photo", "--out", str(tmp_path / "run"), "--retime", "lpips-alex"])
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run.json").write_text(json.dumps({"status": "complete", "settings": normalise(s.record())}))
+    assert batch._finished(dataclasses.replace(s, retime=None))
+    assert not batch._finished(s)
+    (tmp_path / "run" / retime.RECORD).write_text(json.dumps({"space": "lpips-vgg"}))
+    assert not batch._finished(s)
+    (tmp_path / "run" / retime.RECORD).write_text(json.dumps({"space": "lpips-alex"}))
+    assert batch._finished(s)

@@ -10,8 +10,8 @@
 2. eta > 0 sampling on the device (its noise drawn on the CPU generator and moved).
 3. Textual inversion in float16: the embeddings move (the loss is scaled for the backward pass).
 4. Host syncs inside a DDIM step, counted with CUDA's sync debug mode (a CPU has none to count).
-5. The UNet step, eager and compiled (default and reduce-overhead), at each size and batch, with the
-   fraction of the measured matmul peak.
+5. The UNet step, eager (also in channels-last layout, and with cudnn.benchmark) and compiled (default and
+   reduce-overhead), at each size and batch, with the fraction of the measured matmul peak.
 6. The memory model (`ldm.memory`): its estimate of a UNet call at 768 px, batch 16, against CUDA's peak.
 7. One interpolation (17 frames, the default plan), with one candidate and with 8-7-6-5: wall time, peak
    memory and the batch limits the run took from the free memory.
@@ -167,11 +167,16 @@ def unet_steps(unet, cfg, device, sizes, batches, dtype, modes, peak: bool = Tru
     rows = []
     base = accelerate(copy.deepcopy(unet).to(dtype), device)
     for mode in modes:
-        net = base if mode == "eager" else compile_model(copy.deepcopy(base), device,
-                                                         **({} if mode == "default" else {"mode": mode}))
+        layout = torch.channels_last if mode == "eager channels_last" else torch.contiguous_format
+        torch.backends.cudnn.benchmark = mode == "eager cudnn.benchmark"
+        if mode.startswith("eager"):
+            net = base if layout == torch.contiguous_format else copy.deepcopy(base).to(memory_format=layout)
+        else:
+            net = compile_model(copy.deepcopy(base), device, **({} if mode == "default" else {"mode": mode}))
         for size in sizes:
             for batch in batches:
                 x = torch.randn(batch, cfg.unet.in_channels, size // 8, size // 8, device=device, dtype=dtype)
+                x = x.contiguous(memory_format=layout)
                 t = torch.full((batch,), 500, device=device)
                 ctx = torch.randn(batch, 77, cfg.unet.context_dim, device=device, dtype=dtype)
                 with torch.no_grad():
@@ -261,7 +266,8 @@ def main(argv=None):
     results["eta_sampling"] = eta_sampling(nets["unet"], cfg, device)
     results["inversion_float16"] = inversion_fp16(nets, cfg, device, size)
     results["host_syncs"] = host_syncs(nets["unet"], cfg, device)
-    modes = ["eager"] if a.dry_run else ["eager", "default", "reduce-overhead"]
+    modes = ["eager"] if a.dry_run else ["eager", "eager channels_last", "eager cudnn.benchmark", "default",
+                                         "reduce-overhead"]
     step_dtype = torch.bfloat16 if torch.bfloat16 in dtypes else torch.float16
     results["unet_steps"] = unet_steps(nets["unet"], cfg, device, [64] if a.dry_run else [512, 768],
                                        [2] if a.dry_run else [2, 16], step_dtype, modes, peak=not a.dry_run)
