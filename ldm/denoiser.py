@@ -2,11 +2,12 @@
 
 `Denoiser(unet, controlnet, hint, strength)(x, t, context)` returns the UNet output. It is the one place
 where a caller's inputs take the networks' form: x, context and hint in the weights' dtype, t (a number or
-one per sample) as one timestep per sample on x's device. The hint (and a
-per-sample strength) is given once per sample and goes through the ControlNet's hint encoder once, at the
-first step; when the sampler stacks [uncond; cond] for guidance, the batch is a multiple of that and the
-hint's features are repeated to match, so both halves see the same pose (as ControlNet's own sampling does). `max_batch` bounds the batch of one network call (memory);
-larger batches are split, and with `pad` every call has exactly `max_batch` rows (for compiled networks).
+one per sample) as one timestep per sample on x's device. The hint (and a per-sample strength) is given
+once per sample and goes through the ControlNet's hint encoder once, at the first step; when the sampler
+stacks [uncond; cond] for guidance, the batch is a multiple of that and the hint's features are repeated to
+match, so both halves see the same pose (as ControlNet's own sampling does). `max_batch` bounds the batch of
+one network call (memory); larger batches are split, and with `pad` every call has exactly `max_batch` rows
+(for compiled networks).
 """
 import torch
 

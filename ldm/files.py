@@ -2,8 +2,8 @@
 a half-written file under its final name: everything is written to a temporary name beside the file and
 renamed into place. The temporary name of `dir/name.ext` is `dir/name.part.ext` (the extension stays, so
 that writers that pick a format by it still work)."""
-import os
 import json
+import os
 from contextlib import contextmanager
 from pathlib import Path
 

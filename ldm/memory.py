@@ -182,7 +182,7 @@ def unet_cost(unet, controlnet, latent: tuple, context: tuple) -> Cost:
     """A UNet call (after the ControlNet's, whose residuals it reads) on rows of latents [C, h, w] and text
     context [L, width], each row bringing its timestep, context and hint features."""
     dtype, (c, h, w) = _dtype(unet), latent
-    run_unet, run_control = on_meta(unet), controlnet and on_meta(controlnet)
+    run_unet, run_control = on_meta(unet), None if controlnet is None else on_meta(controlnet)
 
     def call(rows):
         x, t, ctx = _empty(rows, c, h, w, dtype=dtype), _empty(rows, dtype=torch.long), _empty(rows, *context, dtype=dtype)

@@ -2,7 +2,8 @@
 and downloads into the user's cache (`~/.cache/sd-interp/weights`, or `$SD_INTERP_WEIGHTS`).
 
 A catalog entry names a checkpoint the project knows: its mirrors (on the Hugging Face Hub, or plain HTTPS
-URLs), its file name, the pinned sha256 (where known) and facts the tensors cannot tell (prediction type, native image size).
+URLs), its file name, the pinned sha256 (where known) and facts the tensors cannot tell (prediction type,
+native image size).
 `fetch(name)` returns a verified local path, downloading with huggingface-hub on first use.
 """
 import functools

@@ -35,7 +35,7 @@ from ldm.vae import AutoencoderKL  # noqa: E402
 GB = 1e9
 
 
-def on_meta(module, dtype):
+def for_cuda(module, dtype):
     return accelerate(module.to(dtype).requires_grad_(False).eval(), "cuda")
 
 
@@ -50,7 +50,7 @@ def plan(size: int, dtype, memory_gb: float, context_gb: float, frames: int, can
         if controlnet:
             nets["controlnet"] = ControlNet(cfg.unet)
         clip = CLIP()
-    nets = {name: on_meta(m, dtype) for name, m in nets.items()}
+    nets = {name: for_cuda(m, dtype) for name, m in nets.items()}
     weights = {name: weight_bytes(m) for name, m in nets.items()} | {"clip (float32)": weight_bytes(clip)}
     sd = StableDiffusion(nets["unet"], nets["vae"], nets["text"], config=cfg, schedule=NoiseSchedule(cfg.schedule),
                          path="", notes=[])

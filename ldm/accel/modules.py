@@ -155,12 +155,12 @@ def fold_taps(w, dim: int):
     return torch.stack([w0, w1 + w2, w0 + w1, w2], dim)
 
 
-def phase_kernels(w):
+def phase_kernels(w, accumulate=torch.float32):
     """3x3 weight [o, i, 3, 3] -> the 2x2 kernels of the 4 output phases [(a, b, o), i, 2, 2]. The taps are
-    summed in float32 and rounded to the weight's dtype once (a half-precision sum of up to 4 taps would
-    round at every addition)."""
+    summed in `accumulate` and rounded to the weight's dtype once (a half-precision sum of up to 4 taps
+    would round at every addition; tools/half_numerics.py measures both)."""
     o, i = w.shape[:2]
-    folded = fold_taps(fold_taps(w.float(), 2), 3).to(w.dtype)
+    folded = fold_taps(fold_taps(w.to(accumulate), 2), 3).to(w.dtype)
     return folded.view(o, i, 2, 2, 2, 2).permute(2, 4, 0, 1, 3, 5).reshape(4 * o, i, 2, 2)
 
 
