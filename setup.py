@@ -5,10 +5,10 @@ setup(
     version="0.1.0",
     description="Interpolating between images with diffusion models (Wang & Golland 2023) in pure PyTorch: "
                 "hand-written SD 2.1, ControlNet, OpenCLIP, DDIM and OpenPose",
-    packages=find_packages(include=["ldm", "ldm.*", "interp", "pose"]) + ["ldm.catalog"],
+    packages=find_packages(include=["ldm", "ldm.*", "interp", "interp.*", "pose"]) + ["ldm.catalog"],
     package_dir={"ldm.catalog": "weights"},  # the catalog (weights/ is data) travels with the package
     package_data={"ldm": ["data/bpe_simple_vocab_16e6.txt.gz"], "ldm.catalog": ["catalog.json"],
-                  "interp": ["studio.html"]},
+                  "interp.apps": ["studio.html"]},
     python_requires=">=3.10",
     install_requires=[
         # before 2.5, scaled_dot_product_attention's math fallback kept float16 scores in float16, which
@@ -32,10 +32,10 @@ setup(
         "txt2img = ldm.cli:txt2img_main",
         "img2img = ldm.cli:img2img_main",
         "pose-detect = pose.cli:main",
-        "interpolate = interp.cli:main",
-        "interp-batch = interp.batch:main",
-        "interp-studio = interp.cli:studio_main",
-        "interp-eval = interp.evaluate:main",
-        "interp-retime = interp.retime:main",
+        "interpolate = interp.apps.interpolate:main",
+        "interp-batch = interp.apps.batch:main",
+        "interp-studio = interp.apps.interpolate:studio_main",
+        "interp-eval = interp.apps.evaluate:main",
+        "interp-retime = interp.apps.retime:main",
     ]},
 )

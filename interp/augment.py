@@ -9,7 +9,7 @@ every optimisation step with
 This module is that transform without torchvision: the deterministic operations follow torchvision's
 tensor functions (`torchvision.transforms._functional_tensor`) op for op, and the random parameters are
 drawn as `ColorJitter.get_params` and `RandomResizedCrop.get_params` draw them, in the same order, but
-from a seeded generator through `ldm.rng` (so the same seed gives the same augmentation on every device)
+from a seeded generator through `ldm.sample.rng` (so the same seed gives the same augmentation on every device)
 instead of torch's global generator. As torchvision does for a batch tensor, one set of parameters is
 drawn per call and applied to every image of the batch.
 
@@ -21,7 +21,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ldm import rng
+from ldm.sample import rng
 
 
 def _uniform(low: float, high: float, generator: torch.Generator) -> torch.Tensor:

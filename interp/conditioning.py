@@ -74,21 +74,26 @@ class PoseConditioning:
         return torch.from_numpy(np.stack([drawn[p] for p in positions])).permute(0, 3, 1, 2).float() / 255.0
 
 
-def read_keypoints(path, source_size, placement) -> list:
-    """People from a `pose-detect --json` file of an input image, taken through exactly the transform the
-    image goes through (`placement`, an `ldm.images.Placement`): first scaled from the size the keypoints
-    were detected at to the image's `source_size` (width, height), then cropped and resized with the image.
-    Keypoints that the crop cuts away are marked missing (confidence 0)."""
+def read_keypoints(path, source_size) -> list:
+    """People (x [18, 3]: x, y, confidence) from a `pose-detect --json` file of an input image, scaled from
+    the size the keypoints were detected at to the image's `source_size` (width, height)."""
     try:
         with open(path) as f:
             record = json.load(f)
-        scale = np.array([source_size[0] / record["width"], source_size[1] / record["height"]])
-        people = [np.asarray(person["keypoints"], dtype=np.float64).reshape(18, 3) for person in record["people"]]
+        scale = np.array([source_size[0] / record["width"], source_size[1] / record["height"], 1.0])
+        return [np.asarray(person["keypoints"], dtype=np.float64).reshape(18, 3) * scale for person in record["people"]]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"cannot read keypoints from {path} ({type(e).__name__}: {e}): give a file written by pose-detect --json") from None
+
+
+def place_keypoints(people: list, placement) -> list:
+    """People given in an input image's pixels, taken through exactly the transform the image goes through
+    (`placement`, an `ldm.images.Placement`: crop, then resize). Keypoints that the crop cuts away are marked
+    missing (confidence 0)."""
     placed = []
     for person in people:
-        source = person[:, :2] * scale
+        person = np.asarray(person, dtype=np.float64).reshape(18, 3)
+        source = person[:, :2]
         xy = placement.points(source)
         conf = np.where(placement.inside(source) & (person[:, 2] > 0), person[:, 2], 0.0)
         placed.append(np.where(conf[:, None] > 0, np.concatenate([xy, conf[:, None]], axis=1), 0.0))

@@ -15,8 +15,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ldm.ddim import ddim_timesteps
 from ldm.errors import UserError
+from ldm.sample.ddim import ddim_timesteps
 
 from .schedules import interpolation_positions
 

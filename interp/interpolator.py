@@ -9,11 +9,12 @@ from collections import Counter
 
 import torch
 
-from ldm import memory, rng
-from ldm.ddim import DDIM
-from ldm.denoiser import Denoiser
+from ldm.accel import memory
 from ldm.errors import UserError
 from ldm.images import to_pil
+from ldm.sample import rng
+from ldm.sample.ddim import DDIM
+from ldm.sample.denoiser import Denoiser
 
 from .conditioning import control_strength
 from .steering import Candidates, Steering
@@ -21,20 +22,21 @@ from .warp import warp_latent
 
 
 class Interpolator:
-    def __init__(self, sd, plan, text, guidance: float = 7.5, eta: float = 0.0, seed: int = 0, controlnet=None,
-                 poses=None, strength=(1.0, 1.5), warp=None, scorer=None, max_batch: int = None,
-                 max_decode: int = None, fixed_batch: bool = False, chooser=None):
+    """Runs the plan of `settings` (an `interp.Settings`) with the loaded networks: `sd`, the text conditioning
+    `text`, and optionally a ControlNet with its `poses`, a candidate `scorer`, and a `chooser` that decides each
+    round (default: recorded decisions, else CLIP's pick)."""
+
+    def __init__(self, sd, settings, text, controlnet=None, poses=None, scorer=None, fixed_batch: bool = False,
+                 chooser=None):
+        plan = settings.plan()
         if any(k > 1 for k in plan.candidates) and scorer is None:
             raise UserError("several candidates per frame need a scorer to rank them (e.g. CLIP): give --clip or --candidates 1")
-        if warp is not None and not plan.scheme.warps:
-            raise UserError(f"--warp moves the parents of each new frame, which the {plan.scheme.name} scheme does not have: "
-                            "use --scheme ours or ours-no-shared-noise")
-        self.sd, self.plan, self.text, self.guidance, self.seed = sd, plan, text, guidance, seed
-        self.sampler = DDIM(sd.schedule, sd.config.prediction, plan.steps, eta)
+        self.sd, self.plan, self.text, self.guidance, self.seed = sd, plan, text, settings.cfg, settings.seed
+        self.sampler = DDIM(sd.schedule, sd.config.prediction, plan.steps, settings.eta)
         self.controlnet = controlnet if poses else None
-        self.poses, self.strength, self.warp = poses, strength, warp
+        self.poses, self.strength, self.warp = poses, tuple(settings.control_strength), settings.warp
         self.scorer, self.fixed_batch = scorer, fixed_batch
-        self.max_batch, self.max_decode = max_batch, max_decode  # None: what fits in the free memory
+        self.max_batch, self.max_decode = settings.max_batch, settings.max_decode  # None: what fits in free memory
         self.limits = None  # (UNet rows, VAE images) per call, found at the first `run` (`batch_limits`)
         self.chooser = chooser or Steering()  # who decides each round: CLIP (and the recorded decisions), or a person
         self._prompts = {}
@@ -91,7 +93,7 @@ class Interpolator:
         for j, job in enumerate(jobs):
             pool.add(job.index, z[j * k:(j + 1) * k], images[j * k:(j + 1) * k],
                      None if scores is None else scores[j * k:(j + 1) * k])
-        picks = self.chooser.choose(pool)
+        picks = self.chooser(pool)
         for job in jobs:
             i, c = job.index, picks[job.index]
             self.latents[i] = pool.latents[i][c]
@@ -135,7 +137,7 @@ class Interpolator:
 
     def batch_limits(self, latent, free: int = None) -> tuple:
         """(UNet rows, VAE images) of one network call for latents shaped like `latent` [1, C, h, w]: as
-        given, else as many as fit in `free` bytes (default: the free memory of the device, `ldm.memory`)
+        given, else as many as fit in `free` bytes (default: the free memory of the device, `ldm.accel.memory`)
         beside what the round keeps there (`kept_bytes`)."""
         free = memory.free_bytes(self.sd.device) if free is None else free
         if free is None:

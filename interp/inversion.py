@@ -21,11 +21,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ldm import rng, safetensors_io
-from ldm.ddim import DDIM
-from ldm.denoiser import Denoiser
 from ldm.files import user_cache
-from ldm.safetensors_io import SafetensorsFile
+from ldm.load import safetensors_io
+from ldm.load.safetensors_io import SafetensorsFile
+from ldm.sample import rng
+from ldm.sample.ddim import DDIM
+from ldm.sample.denoiser import Denoiser
 
 from .augment import augment
 

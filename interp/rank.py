@@ -10,7 +10,7 @@ from typing import Protocol
 import torch
 
 import ldm
-from ldm.clip import cosine_similarity
+from ldm.nets.clip import cosine_similarity
 
 # Defaults for photographs (the paper's example, "high quality, detailed, 2D" / "blurry, distorted, 3D
 # render", suits its cartoon pair; the authors wrote prompts like these for their photo pairs).

@@ -2,9 +2,14 @@
 
 A schedule maps the uniform frame coordinate x = i / N in [0, 1] to an interpolation position
 p in [0, 1]; p = 0 is the first input and p = 1 the second. Besides the named schedules a user
-may give the N + 1 positions directly.
+may give the N + 1 positions directly. Perceptual re-timing (`even_positions`) finds the positions at which a
+measured sequence changes at an even rate: evenly spaced positions do not change the picture evenly, so the
+steps between adjacent frames of a pass are measured (interp/metrics/measure.py) and the sequence is made again
+at positions where its perceptual length grows evenly.
 """
 from collections.abc import Sequence
+
+import numpy as np
 
 from ldm.errors import UserError
 
@@ -40,3 +45,13 @@ def interpolation_positions(n: int, schedule: str | Sequence[float] = "uniform")
     if any(not q > p for p, q in zip(positions, positions[1:])):
         raise UserError("the interpolation schedule must increase strictly from each frame to the next")
     return positions
+
+
+def even_positions(positions, steps) -> tuple:
+    """Positions p*_0 = 0 < ... < p*_N = 1 at which the piecewise-linear path length s(p) grows by S / N per frame."""
+    p, d = np.asarray(positions, dtype=np.float64), np.asarray(steps, dtype=np.float64)
+    floor = 1e-6 * max(float(d.sum()), 1e-12)  # a step of zero still moves the frame a little: positions stay distinct
+    s = np.concatenate([[0.0], np.cumsum(np.maximum(d, floor))])
+    new = np.interp(np.linspace(0.0, s[-1], len(p)), s, p)
+    new[0], new[-1] = 0.0, 1.0
+    return tuple(float(x) for x in new)

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ldm.ddim import ddim_timesteps
 from ldm.errors import UserError
+from ldm.sample.ddim import ddim_timesteps
 
 from .frames import Frame, NoiseLevel, frame_tree, noise_levels
 from .rank import candidate_counts

@@ -1,303 +1,92 @@
-"""The settings of one `interpolate` run: parsed once from the command line into a frozen object, which the
-run passes down, compares when resuming and records in run.json.
+"""The settings of the method: everything that changes the frames, in one frozen object with the defaults in
+one place. A program passes it (or its fields as keywords) to `interp.Pipeline`; the `interpolate` command
+builds it from its options (interp/apps/options.py).
 
-Defaults are the authors' released `interpolate_qc` (noise levels 0.30 -> 0.55 of the schedule, guidance
-7.5, eta 0, 8-7-6-... candidates, ControlNet strength 1 -> 1.5) with the 200 DDIM steps and 200 inversion
-iterations of their scripts. `--preview` is a project profile for a quick look on a CPU.
+Defaults are the authors' released `interpolate_qc` (noise levels 0.30 -> 0.55 of the schedule, guidance 7.5,
+eta 0, 8-7-6-... candidates, ControlNet strength 1 -> 1.5) with the 200 DDIM steps and 200 inversion iterations
+of their scripts. `Settings.preview()` is a project profile for a quick look on a CPU.
 """
-import argparse
 import dataclasses
-import json
-import os
 from dataclasses import dataclass
 
 from ldm.errors import UserError
-from ldm.runtime import COMPILED_BATCH, Parser, add_model_args, number
+from ldm.images import parse_size
 
-from .measure import SPACES, add_feature_args
 from .rank import NEGATIVE, POSITIVE
-from .schedules import SCHEDULES
-from .schemes import ALIASES, SCHEMES
+from .schemes import scheme as find_scheme
 from .warp import Warp
 
-FULL = {"size": None, "steps": 200, "inversion_steps": 200, "candidates": "auto"}
+# --preview: a quick look on a CPU (256 px, 50 DDIM steps, 50 inversion iterations, one candidate per frame)
 PREVIEW = {"size": "256", "steps": 50, "inversion_steps": 50, "candidates": 1}
-# Not part of a run's identity (left out of the resume check): where it goes, how fast it is made, and how
-# the inputs were spelled (their content is: run.json holds their sha256).
-NOT_COMPARED = ("out", "overwrite", "preview", "fps", "max_batch", "max_decode", "compile", "images", "fetch_only", "interactive",
-                "host", "port", "retime", "inception", "lpips_backbone", "lpips_heads")
-# Asked for in the settings, but recorded in run.json as what they came to (a size, the model's prediction
-# type, a dtype for "auto").
-RESOLVED = ("size", "prediction", "dtype")
+# Change how fast the frames are made, not what they are: left out of `record` (and of a resume's check).
+RESOURCES = ("max_batch", "max_decode")
 
 
 @dataclass(frozen=True)
 class Settings:
-    images: tuple  # two images, or more for a chain through all of them (interp/chain.py)
-    prompt: str
-    prompt_b: str
-    negative: str
-    frames: int
-    out: str
-    overwrite: bool
-    preview: bool
-    size: str
-    fit: str
-    steps: int
-    levels: tuple
-    round_levels: tuple
-    cfg: float
-    eta: float
-    inversion_steps: int
-    inversion_lr: float
-    candidates: object
-    rank_positive: str
-    rank_negative: str
-    clip: str
-    clip_config: str
-    pose: bool
-    poses: tuple
-    pose_model: tuple
-    all_people: bool
-    controlnet: str
-    control_strength: tuple
-    scheme: str
-    schedule: object
-    warp: Warp
-    seed: int
-    max_batch: int
-    max_decode: int
-    fps: float
-    ckpt: str
-    config: str
-    prediction: str
-    device: str
-    dtype: str
-    compile: bool
-    fetch_only: bool
-    interactive: bool
-    host: str
-    port: int
-    retime: str
-    inception: str
-    lpips_backbone: str
-    lpips_heads: str
+    # the text (Sections 4.1 and 4.2)
+    prompt: str = ""
+    prompt_b: str = None            # a different prompt for the second image (None: `prompt`)
+    negative: str = ""              # shared by both images
+    # the sequence (Section 4.1)
+    frames: int = 17                # the whole sequence, both inputs included
+    size: object = None             # "W", "WxH", W or (W, H); None: the first image's aspect at the model's native size
+    fit: str = "resize"             # "resize" the whole picture (as the authors) or "crop" to the frame's aspect first
+    scheme: str = "ours"            # ours, or a baseline of Table 1 (interp.SCHEMES)
+    steps: int = 200                # DDIM schedule length
+    levels: tuple = (0.30, 0.55)    # noise levels: LOW, HIGH fractions of the schedule, linear over the rounds
+    round_levels: tuple = None      # instead: one level per round, first round first (fractions or timesteps)
+    cfg: float = 7.5                # classifier-free guidance scale
+    eta: float = 0.0                # DDIM eta
+    seed: int = 0
+    schedule: object = "uniform"    # interpolation schedule (Section 5.2): uniform, ease, or F positions
+    warp: Warp = None               # affine latent motion (Section 5.2)
+    # textual inversion (Section 4.2)
+    inversion_steps: int = 200      # 0: off
+    inversion_lr: float = 1e-4
+    # pose guidance (Section 4.3)
+    pose: bool = True
+    all_people: bool = False        # match every person (default: each image's largest)
+    control_strength: tuple = (1.0, 1.5)  # ControlNet strength at the inputs and at the middle frame
+    # candidates and CLIP ranking (Section 4.4)
+    candidates: object = "auto"     # K per frame, or "auto" = 8, 7, ... (at least 3) by round
+    rank_positive: str = POSITIVE
+    rank_negative: str = NEGATIVE
+    # resources
+    max_batch: int = None           # most rows of one UNet + ControlNet call (None: what fits in free memory)
+    max_decode: int = None          # most images of one VAE decoder call (None: likewise)
+
+    @classmethod
+    def preview(cls, **changes) -> "Settings":
+        return cls(**{**PREVIEW, **changes})
+
+    @property
+    def prompts(self) -> list:
+        return [self.prompt, self.prompt_b or self.prompt]
 
     def level_args(self) -> dict:
-        """--round-levels: one level per round (whole numbers >= 1 are timesteps); else the --levels range."""
+        """round_levels: one level per round (whole numbers >= 1 are timesteps); else the levels range."""
         if self.round_levels is not None:
             return {"levels": [int(x) if x >= 1 else x for x in self.round_levels]}
         return {"low": self.levels[0], "high": self.levels[1]}
 
+    def plan(self):
+        """The scheme's plan of rounds for these settings (a UserError for settings it cannot run)."""
+        chosen = find_scheme(self.scheme)
+        if self.warp is not None and not chosen.warps:
+            raise UserError(f"--warp moves the parents of each new frame, which the {chosen.name} scheme does not "
+                            "have: use --scheme ours or ours-no-shared-noise")
+        return chosen.plan(self.frames, self.steps, **self.level_args(), schedule=self.schedule,
+                                             candidates=self.candidates)
+
+    def requested_size(self):
+        """(width, height) asked for, or None for the model's native size at the first image's aspect."""
+        if self.size is None:
+            return None
+        return tuple(self.size) if isinstance(self.size, (tuple, list)) else parse_size(self.size)
+
     def record(self) -> dict:
         """The settings the frames depend on, as run.json holds them."""
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in NOT_COMPARED}
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in RESOURCES}
         fields["warp"] = None if self.warp is None else dataclasses.asdict(self.warp)
-        fields["device"] = self.device.split(":")[0]  # the kind of device, not which one of them
         return fields
-
-
-def _floats(text: str) -> tuple:
-    try:
-        return tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, not {text!r}") from None
-
-
-def _range(text: str) -> tuple:
-    """'LOW,HIGH' with 0 < LOW <= HIGH < 1 (per-round levels are --round-levels)."""
-    v = _floats(text)
-    if len(v) != 2 or not 0 < v[0] <= v[1] < 1:
-        raise argparse.ArgumentTypeError(f"--levels takes LOW,HIGH with 0 < LOW <= HIGH < 1, not {text!r} "
-                                         "(one level per round: --round-levels)")
-    return v
-
-
-def _strengths(text: str) -> tuple:
-    """ControlNet strengths 'AT_INPUTS,AT_MIDDLE', both >= 0."""
-    v = _floats(text)
-    if len(v) != 2 or min(v) < 0:
-        raise argparse.ArgumentTypeError(f"--control-strength takes two numbers >= 0 (at the inputs, at the middle), "
-                                         f"not {text!r}")
-    return v
-
-
-def _candidates(text: str):
-    if text == "auto":
-        return text
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"--candidates takes a positive integer or 'auto', not {text!r}")
-    return int(text)
-
-
-def _schedule(text: str):
-    if text in SCHEDULES:
-        return text
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--schedule takes {', '.join(SCHEDULES)} or comma-separated positions "
-                                         f"from 0 to 1, not {text!r}") from None
-
-
-def _warp(text: str) -> Warp:
-    """'zoom=1.5,center=0.4:0.5,pan=0.1:0,rotate=10' -> Warp."""
-    fields = {}
-    try:
-        for item in text.split(","):
-            key, value = item.split("=")
-            numbers = [float(v) for v in value.split(":")]
-            fields[{"rotate": "rotate_deg"}.get(key.strip(), key.strip())] = tuple(numbers) if len(numbers) > 1 else numbers[0]
-        return Warp(**fields)
-    except (ValueError, TypeError) as e:
-        raise argparse.ArgumentTypeError(f"--warp takes zoom=Z,center=X:Y,pan=DX:DY,rotate=DEG, not {text!r} ({e})") from None
-
-
-class _Help(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each option's default, unless it has none or its help already says it."""
-
-    def _get_help_string(self, action):
-        if action.default is None or action.default is False or action.default == argparse.SUPPRESS \
-                or "default" in (action.help or ""):
-            return action.help
-        return super()._get_help_string(action)
-
-
-def add_studio_args(p) -> None:
-    """Where the studio's page is served (`interpolate --interactive`, `interp-studio`)."""
-    p.add_argument("--host", default="127.0.0.1", help="address the page is served on (another than 127.0.0.1 "
-                   "exposes it to the network)")
-    p.add_argument("--port", type=number(int, 0, 65535), default=0, help="port of the page (0: any free one)")
-
-
-def parser(cls=Parser) -> argparse.ArgumentParser:
-    p = cls(prog="interpolate", formatter_class=_Help,
-            description="Interpolate between two images with Stable Diffusion 2.1 (Wang & Golland 2023); "
-                        "with more images, one sequence through all of them.")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="the first and the last image, or every keyframe "
-                   "of a chain in order")
-    run = p.add_argument_group("the run")
-    run.add_argument("--prompt", required=True, help="describes both images (the start of textual inversion)")
-    run.add_argument("--prompt-b", default=None, help="a different prompt for the second image")
-    run.add_argument("--negative", default="", help="negative prompt, shared by both images (default: none)")
-    run.add_argument("--frames", type=number(int, 3), default=17,
-                     help="frames from one image to the next, both included")
-    run.add_argument("--out", default="interpolation", help="output folder (resumed if it holds the same run)")
-    run.add_argument("--overwrite", action="store_true", help="start afresh even if --out holds another run")
-    run.add_argument("--preview", action="store_true",
-                     help="a quick look on a CPU: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in PREVIEW.items())
-                          + " unless given")
-    run.add_argument("--size", default=None, help="W or WxH (default: the first image's aspect ratio at the model's "
-                     "native size, long side native, short side a multiple of 64)")
-    run.add_argument("--fit", choices=("resize", "crop"), default="resize",
-                     help="how both images are brought to the frame size: resize the whole picture (as the authors), "
-                          "or centre-crop to the frame's aspect ratio first")
-    run.add_argument("--seed", type=number(int, 0), default=0, help="seed of every random draw")
-    run.add_argument("--fps", type=number(float, 0, low_open=True), default=8.0, help="video speed")
-    run.add_argument("--fetch-only", action="store_true",
-                     help="download every model file this command would need (checking their sha256), then stop")
-    run.add_argument("--max-batch", type=number(int, 1), default=None,
-                     help="most rows of one UNet and ControlNet call, two per candidate frame with guidance (default: "
-                          f"what fits in the device's free memory; {COMPILED_BATCH} with --compile on a CPU)")
-    run.add_argument("--max-decode", type=number(int, 1), default=None,
-                     help="most images of one VAE decoder call (default: what fits in the device's free memory)")
-    studio = p.add_argument_group("the interactive mode (end of Section 4.4)")
-    studio.add_argument("--interactive", action="store_true",
-                        help="choose, re-roll and steer the frames of each round in a local web page (its URL is printed)")
-    add_studio_args(studio)
-
-    method = p.add_argument_group("the method (Sections 4.1 and 5.1)")
-    method.add_argument("--scheme", choices=[*SCHEMES, *ALIASES], default="ours",
-                        help="ours, or a baseline of Table 1 (latent-blending = did)")
-    method.add_argument("--steps", type=number(int, 1, 1000), default=None, help="DDIM schedule length (full: 200)")
-    levels = method.add_mutually_exclusive_group()
-    levels.add_argument("--levels", type=_range, default=(0.30, 0.55),
-                        help="noise levels: LOW,HIGH fractions of the schedule, linear over the rounds (the paper's "
-                             "text gives 0.25,0.65 as the outer range)")
-    levels.add_argument("--round-levels", type=_floats, default=None,
-                        help="instead of --levels: one noise level per round of frames, first (noisiest) round first, "
-                             "as fractions of the schedule or integer timesteps, e.g. 0.6,0.45,0.35,0.3")
-    method.add_argument("--cfg", type=number(float, 0), default=7.5, help="classifier-free guidance scale")
-    method.add_argument("--eta", type=number(float, 0, 1), default=0.0, help="DDIM eta (0: deterministic)")
-    method.add_argument("--schedule", type=_schedule, default="uniform",
-                        help="interpolation schedule (Section 5.2): uniform, ease, or F comma-separated positions from 0 to 1")
-    method.add_argument("--warp", type=_warp, default=None,
-                        help="affine latent motion (Section 5.2), e.g. zoom=1.5,center=0.5:0.4,pan=0.1:0,rotate=10")
-
-    timing = p.add_argument_group("perceptual re-timing (Section 5.2)")
-    timing.add_argument("--retime", nargs="?", const="lpips-alex", choices=list(SPACES), default=None,
-                        help="after the pass, measure the steps between adjacent frames in this feature space "
-                             "(default lpips-alex) and make the sequence again at positions that even them out, "
-                             "into OUT/retimed")
-    add_feature_args(timing, clip=False)  # the clip space uses --clip
-
-    text = p.add_argument_group("textual inversion (Section 4.2)")
-    text.add_argument("--inversion-steps", type=number(int, 0), default=None, help="iterations, each updating both images' "
-                      "embeddings and the shared negative (full: 200; 0: off)")
-    text.add_argument("--inversion-lr", type=number(float, 0, low_open=True), default=1e-4, help="Adam learning rate")
-
-    pose_group = p.add_argument_group("pose guidance (Section 4.3)")
-    pose_group.add_argument("--pose", action=argparse.BooleanOptionalAction, default=True,
-                            help="pose guidance with OpenPose + ControlNet")
-    pose_group.add_argument("--poses", nargs="+", metavar="JSON", default=None,
-                            help="keypoints of every image (one file each) from `pose-detect --json` on the "
-                                 "original images")
-    pose_group.add_argument("--all-people", action="store_true",
-                            help="match every person by position (default: each image's largest person)")
-    pose_group.add_argument("--pose-model", nargs="+", default=None, help="OpenPose model files (default: catalog)")
-    pose_group.add_argument("--controlnet", default="controlnet-sd21-openpose", help="OpenPose ControlNet: path or catalog name")
-    pose_group.add_argument("--control-strength", type=_strengths, default=(1.0, 1.5),
-                            help="ControlNet strength at the inputs and at the middle frame (linear ramp)")
-
-    rank = p.add_argument_group("candidates and CLIP ranking (Section 4.4)")
-    rank.add_argument("--candidates", type=_candidates, default=None,
-                      help="candidates per frame (ours schemes only): K, or 'auto' = 8, 7, ... (at least 3) by round (full: auto)")
-    rank.add_argument("--rank-positive", default=POSITIVE, help="CLIP prompt a good frame is close to (chosen for "
-                      "photographs; the paper's example for its cartoon pair: 'high quality, detailed, 2D')")
-    rank.add_argument("--rank-negative", default=NEGATIVE, help="CLIP prompt a good frame is far from (the paper's "
-                      "example: 'blurry, distorted, 3D render')")
-    rank.add_argument("--clip", default="clip-vit-l14-openai", help="CLIP for ranking: path or catalog name")
-    rank.add_argument("--clip-config", default=None, help="open_clip model-config JSON for a non-standard CLIP")
-
-    add_model_args(p.add_argument_group("the model"))
-    return p
-
-
-def parse(argv=None, cls=Parser) -> Settings:
-    """The settings of `argv`; a bad option goes to `cls.error` (one `error:` line and exit 2 for a command)."""
-    p = parser(cls)
-    args = vars(p.parse_args(argv))
-    if len(args["images"]) < 2:
-        p.error("give at least two images")
-    if args["poses"] is not None and len(args["poses"]) != len(args["images"]):
-        p.error(f"--poses takes one keypoint file per image: {len(args['images'])}, not {len(args['poses'])}")
-    if args["prompt_b"] is not None and len(args["images"]) > 2:
-        p.error("--prompt-b is for two images; a chain uses --prompt for every image")
-    if args["retime"] and (len(args["images"]) > 2 or args["interactive"]):
-        p.error("--retime is for a run of two images without --interactive (re-time a chain's segments, or a "
-                "steered run, with interp-retime)")
-    for key, value in (PREVIEW if args["preview"] else FULL).items():
-        if args[key] is None:
-            args[key] = value
-    for key in ("images", "poses", "pose_model"):
-        args[key] = None if args[key] is None else tuple(args[key])
-    return Settings(**args)
-
-
-def from_run(folder, **changes) -> Settings:
-    """The settings of the run in `folder` (from its run.json), with `changes`: to reopen a run."""
-    path = os.path.join(folder, "run.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            state = json.load(f)
-        recorded, inputs = state["settings"], state["inputs"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{folder} holds no run of interpolate ({path}: {type(e).__name__}: {e})") from None
-    fields = {f.name for f in dataclasses.fields(Settings)} - set(NOT_COMPARED)
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items() if k in fields}
-    values.update(size="{}x{}".format(*recorded["size"]), dtype=str(recorded["dtype"]).removeprefix("torch."),
-                  warp=None if recorded.get("warp") is None else Warp(**{k: tuple(v) if isinstance(v, list) else v
-                                                                        for k, v in recorded["warp"].items()}))
-    defaults = parse([*inputs, "--prompt", recorded["prompt"]])
-    return dataclasses.replace(defaults, **values, out=os.fspath(folder), fps=state.get("fps", defaults.fps),
-                               **changes)

@@ -116,7 +116,7 @@ class Steering:
         pick = self.record.get(index, {}).get("pick")
         return pick if pick is not None and 0 <= pick < pool.count(index) else None
 
-    def choose(self, pool: Candidates) -> dict:
+    def __call__(self, pool: Candidates) -> dict:
         """{frame: candidate} for a round with nobody to ask."""
         self.replay(pool)
         return {i: p if (p := self.recorded_pick(pool, i)) is not None else pool.clip_pick(i) for i in pool.indices}

@@ -5,16 +5,21 @@
     ldm.tokenize(["a photo", ...])
     clip = ldm.load_clip(path); clip.encode_image(ldm.clip_preprocess(images, clip.image_size)); clip.encode_text(tokens)
 
-Names are imported on first use, so `ldm.errors` and `ldm.weights` (used by the `pose-detect` command) load without torch.
+Layers: `ldm.nets` (the networks), `ldm.load` (weight files, the catalog, the loaders), `ldm.sample` (schedule,
+DDIM, txt2img/img2img), `ldm.accel` (speed paths, the memory model); at the top, errors, files, images and the
+commands. Names are imported on first use, so `ldm.errors` and `ldm.load.weights` (used by the `pose-detect`
+command) load without torch.
 """
 import importlib
 
 _EXPORTS = {
-    "StableDiffusion": ".checkpoint", "load_checkpoint": ".checkpoint",
-    "load_controlnet": ".controlnet", "ControlNet": ".controlnet",
-    "CLIP": ".clip", "load_clip": ".clip", "clip_preprocess": ".clip_transform",
-    "ModelConfig": ".config", "parse_config": ".config",
-    "UserError": ".errors", "NoiseSchedule": ".schedule", "DDIM": ".ddim", "tokenize": ".tokenizer",
+    "StableDiffusion": ".load.checkpoint", "load_checkpoint": ".load.checkpoint",
+    "load_controlnet": ".load.controlnet", "ControlNet": ".nets.controlnet",
+    "CLIP": ".nets.clip", "load_clip": ".load.clip", "clip_preprocess": ".clip_transform",
+    "ModelConfig": ".nets.config", "parse_config": ".nets.config",
+    "UserError": ".errors", "NoiseSchedule": ".sample.schedule", "DDIM": ".sample.ddim",
+    "Denoiser": ".sample.denoiser", "txt2img": ".sample.pipeline", "img2img": ".sample.pipeline",
+    "tokenize": ".nets.tokenizer", "load_inception": ".load.inception", "load_lpips": ".load.lpips",
 }
 __all__ = list(_EXPORTS)
 

@@ -1,13 +1,14 @@
-"""The `txt2img` and `img2img` commands: thin wrappers over `ldm.pipeline` with model loading,
+"""The `txt2img` and `img2img` commands: thin wrappers over `ldm.sample.pipeline` with model loading,
 progress bars and one-line errors."""
 import argparse
 import time
 
-from .ddim import ddim_timesteps
 from .files import check_writable
 from .images import fit, open_image, parse_size, save_png
-from .pipeline import img2img, img2img_start, txt2img
-from .runtime import Parser, add_model_args, load_model, number, progress, run
+from .load.model import load_model
+from .runtime import Parser, add_model_args, model_options, number, print_notes, progress, run
+from .sample.ddim import ddim_timesteps
+from .sample.pipeline import img2img, img2img_start, txt2img
 
 
 def _sampling_args(p: argparse.ArgumentParser, steps: int = 200, cfg: float = 9.0) -> None:
@@ -21,6 +22,12 @@ def _sampling_args(p: argparse.ArgumentParser, steps: int = 200, cfg: float = 9.
     add_model_args(p)
 
 
+def _load(args):
+    sd = load_model(model_options(args))
+    print_notes(sd.notes)
+    return sd
+
+
 def txt2img_main(argv=None):
     p = Parser(prog="txt2img", description="Generate an image from a prompt with SD 2.x (DDIM).")
     _sampling_args(p)
@@ -30,7 +37,7 @@ def txt2img_main(argv=None):
     def body():
         size = parse_size(args.size) if args.size else None
         check_writable(args.out, "--out")
-        sd = load_model(args)
+        sd = _load(args)
         t0 = time.perf_counter()
         image = txt2img(sd, args.prompt, args.negative, args.steps, args.cfg, args.seed, size, args.eta,
                         callback=progress(len(ddim_timesteps(args.steps)), "txt2img"))
@@ -54,7 +61,7 @@ def img2img_main(argv=None):
         image = fit(open_image(args.image), parse_size(args.size) if args.size else None)
         start = img2img_start(args.strength, len(ddim_timesteps(args.steps)))  # fail before loading the model
         check_writable(args.out, "--out")
-        sd = load_model(args)
+        sd = _load(args)
         t0 = time.perf_counter()
         out = img2img(sd, image, args.prompt, args.negative, args.strength, args.steps, args.cfg, args.seed, args.eta,
                       callback=progress(start + 1, "img2img"))

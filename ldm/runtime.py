@@ -1,17 +1,12 @@
-"""What every command shares: the model options, device and dtype choice, loading with notes, progress bars
-and the one-line error exit. The commands (`ldm.cli`, `interp.cli`) import it; no command imports
-another command."""
+"""What every command shares: the model options (parsed into `ldm.load.model.ModelOptions`), progress bars and
+the one-line error exit. The commands (`ldm.cli`, `interp.apps.*`) import it; no command imports another
+command."""
 import argparse
 import sys
 
-import torch
-
-from .accel import compile_model, default_dtype
-from .checkpoint import load_checkpoint, parse_dtype
+from .accel import COMPILED_BATCH
 from .errors import UserError
-from .weights import resolve
-
-DEFAULT_MODEL = "sd21-512-base"
+from .load.model import DEFAULT_MODEL, ModelOptions, default_device
 
 
 class Parser(argparse.ArgumentParser):
@@ -39,18 +34,9 @@ def number(kind, low=None, high=None, low_open: bool = False):
     return parse
 
 
-COMPILED_BATCH = 4  # rows of each call to a CPU-compiled UNet whose batch would vary (2 frames with guidance)
-
-
-def fixed_batch(compiled: bool, device) -> bool:
-    """Whether a compiled network is called with one batch size: on CPUs (frozen graphs, one per shape);
-    CUDA graphs take any batch (`compile_model`)."""
-    return compiled and torch.device(device).type == "cpu"
-
-
 def add_device_arg(p) -> None:
     """--device, the GPU when there is one."""
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda, cuda:N or mps")
+    p.add_argument("--device", default=default_device(), help="cpu, cuda, cuda:N or mps")
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -69,33 +55,15 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                         f"(--max-batch, default {COMPILED_BATCH}) so that they compile once")
 
 
-def check_device(name: str) -> torch.device:
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available here; use --device cpu")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"--device {name}: MPS is not available here; use --device cpu")
-    return device
+def model_options(args) -> ModelOptions:
+    """The typed model options of a command's parsed `add_model_args` options."""
+    return ModelOptions(ckpt=args.ckpt, config=args.config, prediction=args.prediction, device=args.device,
+                        dtype=args.dtype, compile=args.compile)
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name != "auto":
-        return parse_dtype(name)
-    return default_dtype(device)
-
-
-def load_model(args, path=None):
-    """The SD checkpoint of `args` (`path`: already resolved) on its device and dtype, compiled if asked."""
-    device = check_device(args.device)
-    sd = load_checkpoint(path or resolve(args.ckpt, "sd"), device=device, dtype=resolve_dtype(args.dtype, device),
-                         prediction=args.prediction, config=args.config)
-    if args.compile:
-        compile_model(sd.unet, device)
-        if device.type == "cuda":  # (on CPUs each batch size of the decoder would compile and freeze anew)
-            compile_model(sd.vae.decoder, device)
-    for note in sd.notes:
-        print(f"[model] {note}", file=sys.stderr)
-    return sd
+def print_notes(notes, tag: str = "model") -> None:
+    for note in notes:
+        print(f"[{tag}] {note}", file=sys.stderr)
 
 
 def progress(total: int, desc: str):

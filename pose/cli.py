@@ -1,6 +1,6 @@
 """`pose-detect IMAGE [--out pose.png] [--json keypoints.json]`: show what the detector sees.
 
-The command fetches the model files from the weights catalog (ldm.weights); the pose library itself
+The command fetches the model files from the weights catalog (ldm.load.weights); the pose library itself
 depends on nothing of ldm."""
 import json
 import sys
@@ -8,9 +8,9 @@ import sys
 import cv2
 import numpy as np
 
-from ldm import weights
-from ldm.runtime import Parser
 from ldm.errors import UserError
+from ldm.load import weights
+from ldm.runtime import Parser
 
 from .detect import detect_scored, read_image
 from .errors import PoseError

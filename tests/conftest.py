@@ -29,8 +29,7 @@ def run_command(main, args, capsys):
 def machine_caches(tmp_path_factory):
     """What the project finds out once per machine (the acceleration layer's verdicts, the memory model's
     costs) goes to a temporary folder, not the user's cache."""
-    from ldm import memory
-    from ldm.accel import machine
+    from ldm.accel import machine, memory
     folder = tmp_path_factory.mktemp("machine")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(machine, "cache_file", lambda: folder / "accel-paths.json")
@@ -81,7 +80,7 @@ def tiny_sd(tiny_ckpt):
 
 @pytest.fixture(scope="session")
 def tiny_controlnet(tiny_dir):
-    from ldm.controlnet import load_controlnet
+    from ldm.load.controlnet import load_controlnet
     return load_controlnet(tiny_dir / "controlnet.safetensors")
 
 

@@ -16,10 +16,11 @@ from safetensors.torch import load_file
 import ldm
 import make_fixture_weights
 from conftest import DATA
-from ldm.clip import CLIP, cosine_similarity, infer_config, load_clip, parse_clip_config
 from ldm.clip_transform import center_crop, clip_preprocess, resize_shorter_side
 from ldm.errors import UserError
-from ldm.safetensors_io import SafetensorsFile, write
+from ldm.load.clip import infer_config, load_clip
+from ldm.load.safetensors_io import SafetensorsFile, write
+from ldm.nets.clip import CLIP, cosine_similarity, parse_clip_config
 
 CLIP_DATA = DATA / "clip"
 CONFIGS = {"": CLIP_DATA / "clip_config.json", "_quickgelu": CLIP_DATA / "clip_config_quickgelu.json"}

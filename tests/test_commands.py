@@ -90,7 +90,8 @@ def test_offline_default_checkpoint_error(tmp_path, capsys, monkeypatch):
 
 def test_auto_dtype(monkeypatch):
     import torch
-    from ldm import accel, runtime as cli
+    from ldm import accel
+    from ldm.load import model as cli
     monkeypatch.setattr(accel, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
     assert cli.resolve_dtype("auto", torch.device("cpu")) == torch.bfloat16
     for card_has_bf16, dtype in ((True, torch.bfloat16), (False, torch.float16)):  # Ampere and later; older

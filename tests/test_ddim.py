@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from ldm.ddim import DDIM, ddim_timesteps
-from ldm.denoiser import Denoiser
 from ldm.errors import UserError
+from ldm.sample.ddim import DDIM, ddim_timesteps
+from ldm.sample.denoiser import Denoiser
 
 
 def close(a, b, atol=1e-4, rtol=1e-4):
@@ -188,7 +188,7 @@ def test_a_step_copies_nothing_from_the_host_and_waits_for_nothing(tiny_sd, case
 
 
 def test_an_image_float16_cannot_decode_is_decoded_again_in_float32(tiny_sd, cases, monkeypatch):
-    from ldm.vae import AutoencoderKL
+    from ldm.nets.vae import AutoencoderKL
     sd = copy.copy(tiny_sd)
     sd.vae, sd.unet = copy.deepcopy(tiny_sd.vae).half(), copy.deepcopy(tiny_sd.unet).half()
     decode = AutoencoderKL.decode

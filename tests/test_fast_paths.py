@@ -10,11 +10,12 @@ import torch.nn.functional as F
 
 from interp.slerp import slerp
 import ldm
-from ldm import accel, attention as attn
+from ldm import accel
 from ldm.accel import ConvLinear, CpuConv2d, FoldedUpsample, RowSlicedFeedForward, compile_model, machine
 from ldm.accel import modules as fast
-from ldm.blocks import FeedForward, GroupNorm32, SpatialTransformer, Upsample
-from ldm.denoiser import Denoiser
+from ldm.nets import attention as attn
+from ldm.nets.blocks import FeedForward, GroupNorm32, SpatialTransformer, Upsample
+from ldm.sample.denoiser import Denoiser
 
 
 def test_compiled_unet_matches_eager(tiny_sd, cases):

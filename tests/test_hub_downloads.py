@@ -97,7 +97,7 @@ def hub():
     server.server_close()
 
 
-SCRIPT = ("import sys; from ldm import weights; from ldm.errors import UserError\n"
+SCRIPT = ("import sys; from ldm.load import weights; from ldm.errors import UserError\n"
           "try:\n    print(weights.fetch(sys.argv[1]))\n"
           "except UserError as e:\n    print(f'error: {e}', file=sys.stderr); sys.exit(2)\n")
 
@@ -188,8 +188,8 @@ def test_an_interrupted_download_resumes_where_it_stopped(hub, tmp_path, stop):
 @pytest.mark.parametrize("prefix_ok", [True, False], ids=["published-prefix", "other-file"])
 def test_a_file_published_outside_the_hub_is_fetched_by_url_without_the_users_token(hub, tmp_path, monkeypatch,
                                                                                       prefix_ok):
-    from ldm import weights
     from ldm.errors import UserError
+    from ldm.load import weights
     data = os.urandom(1 << 20)
     sha = hashlib.sha256(data).hexdigest()
     hub.files[("releases/download", "pt.pth")] = data  # served at /releases/download/resolve/fid_weights/pt.pth

@@ -15,8 +15,8 @@ from conftest import ROOT
 SCRIPT = """
 import json, sys
 import ldm
-from ldm import weights
-from interp import studio
+from ldm.load import weights
+from interp.apps import studio
 sd = ldm.load_checkpoint(sys.argv[1])  # looks the file up in the catalog
 print(json.dumps({"ldm": ldm.__file__, "catalog": str(weights.CATALOG_PATH), "names": sorted(weights.catalog()),
                   "weights_dir": str(weights.weights_dir()), "tokens": ldm.tokenize(["a photograph"])[0, :4].tolist(),

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from interp.augment import (_grayscale, _hsv_to_rgb, _rgb_to_hsv, adjust_brightness, adjust_contrast, adjust_hue,
                             adjust_saturation, augment, color_jitter, crop_box, random_resized_crop)
-from ldm import rng
+from ldm.sample import rng
 
 
 def gen(seed):

@@ -15,8 +15,8 @@ import torch
 from PIL import Image, ImageDraw
 
 import interp.models
-from interp.batch import main as batch_main
-from interp.cli import main as interpolate_main
+from interp.apps.batch import main as batch_main
+from interp.apps.interpolate import main as interpolate_main
 from conftest import run_command
 
 FAST = ["--steps", 4, "--size", 64, "--inversion-steps", 1, "--candidates", 1, "--no-pose", "--frames", 3]
@@ -60,7 +60,7 @@ def worker_env(tmp_path, machine_caches):
 
 def torchrun(args, env, **kwargs):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-           "-m", "interp.batch", *map(str, args)]
+           "-m", "interp.apps.batch", *map(str, args)]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
@@ -228,15 +228,16 @@ def test_a_chain_through_three_images_is_one_sequence(tmp_path, tiny_ckpt, capsy
 def test_a_row_with_retime_is_finished_only_once_it_is_retimed(tmp_path):
     """interp-batch skips a finished row; with --retime the row is finished when the re-timed run is, in the
     space it asks for."""
-    from interp import batch, retime
-    from interp.output import normalise
-    from interp.settings import parse
+    from interp.apps import batch
+    from interp.apps.options import parse
+    from interp.apps.rundir import normalise
+    from interp.apps.run import RETIME_RECORD
     s = parse(["a.png", "b.png", "--prompt", "a photo", "--out", str(tmp_path / "run"), "--retime", "lpips-alex"])
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "run.json").write_text(json.dumps({"status": "complete", "settings": normalise(s.record())}))
     assert batch._finished(dataclasses.replace(s, retime=None))
     assert not batch._finished(s)
-    (tmp_path / "run" / retime.RECORD).write_text(json.dumps({"space": "lpips-vgg"}))
+    (tmp_path / "run" / RETIME_RECORD).write_text(json.dumps({"space": "lpips-vgg"}))
     assert not batch._finished(s)
-    (tmp_path / "run" / retime.RECORD).write_text(json.dumps({"space": "lpips-alex"}))
+    (tmp_path / "run" / RETIME_RECORD).write_text(json.dumps({"space": "lpips-alex"}))
     assert batch._finished(s)

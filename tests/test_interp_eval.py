@@ -15,8 +15,9 @@ from conftest import DATA
 from metric_weights import manifest, synthetic_state
 from studio_session import make_pair
 
-from interp import evaluate, measure
-from interp.retime import even_positions
+from interp.apps import evaluate
+from interp.metrics import measure
+from interp import even_positions
 from interp.schemes import SCHEMES
 
 
@@ -118,7 +119,7 @@ def test_interp_eval_writes_table_1_for_all_six_schemes(runs, metric_files, clip
     assert "| ours | 2 |" in printed and f"wrote {out / 'report.md'}" in printed
 
     # The path length of one sequence, recomputed from its frames with the network itself.
-    from ldm.inception import load_inception
+    from ldm.load.inception import load_inception
     net = load_inception(metric_files / "inception.safetensors")
     seq = measure.Sequence.read(runs / "out" / "ab" / "did")
     with torch.no_grad():
@@ -142,7 +143,7 @@ def test_interp_eval_writes_table_1_for_all_six_schemes(runs, metric_files, clip
 
 
 def test_a_rerun_computes_only_what_is_new(runs, metric_files, clip_tiny, tmp_path, monkeypatch):
-    from ldm.inception import InceptionV3
+    from ldm.nets.inception import InceptionV3
     seen = []
     forward = InceptionV3.forward
     monkeypatch.setattr(InceptionV3, "forward", lambda self, x: seen.append(len(x)) or forward(self, x))

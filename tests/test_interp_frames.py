@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from ldm.ddim import ddim_timesteps
+from ldm.sample.ddim import ddim_timesteps
 from interp import Frame, NoiseLevel, frame_tree, interpolation_positions, noise_levels
 from ldm.errors import UserError
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image, ImageSequence
 
-from interp import video
-from interp.output import SHEET_GAP, RunDir
-from interp.video import NAMES as video_names, codec as video_codec
+from interp.apps import video
+from interp.apps.rundir import SHEET_GAP, RunDir
+from interp.apps.video import NAMES as video_names, codec as video_codec
 from ldm.errors import UserError
 
 SETTINGS = {"frames": 5, "prompt": "a photo", "steps": 20, "guidance": 7.5, "size": (64, 48), "seed": 0}
@@ -209,7 +209,7 @@ def test_finish_writes_video_gif_and_sheet(tmp_path):
 
 
 def test_contact_sheet_stays_under_4096_pixels(tmp_path):
-    from interp.output import contact_sheet
+    from interp.apps.rundir import contact_sheet
     frames = [Image.new("RGB", (1024, 768), (i, i, i)) for i in range(17)]  # 5 columns of 1024 px: too wide
     sheet = contact_sheet(frames)
     tw = (4096 - 6 * SHEET_GAP) // 5

@@ -11,15 +11,16 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 import pose
-from interp.cli import main as interpolate_main
-from interp.conditioning import PoseConditioning, TextConditioning, control_strength, read_keypoints
+from interp.apps.interpolate import main as interpolate_main
+from interp.conditioning import PoseConditioning, TextConditioning, control_strength, place_keypoints, read_keypoints
 from interp.frames import Frame, NoiseLevel
 from interp.interpolator import Interpolator
 from interp.inversion import cache_key, denoising_loss, invert
 from interp.schemes import SCHEMES, input_chains, scheme
+from interp.settings import Settings
 from interp.slerp import slerp
-from ldm.ddim import DDIM
 from ldm.images import placement
+from ldm.sample.ddim import DDIM
 
 SIZE = 64  # pixels: an 8x8 latent keeps every test fast
 
@@ -41,8 +42,13 @@ def text(tiny_sd):
     return TextConditioning(c[:1], c[1:2], c[2:])
 
 
+RUNNER = ("controlnet", "poses", "fixed_batch", "chooser")  # the Interpolator's own arguments; the rest are settings
+
+
 def interpolator(sd, text, name="ours", frames=5, candidates=1, scorer=None, steps=10, **kw):
-    return Interpolator(sd, scheme(name).plan(frames, steps=steps, candidates=candidates), text, scorer=scorer, **kw)
+    settings = Settings(scheme=name, frames=frames, steps=steps, candidates=candidates,
+                        **{k: v for k, v in kw.items() if k not in RUNNER})
+    return Interpolator(sd, settings, text, scorer=scorer, **{k: v for k, v in kw.items() if k in RUNNER})
 
 
 class Recorder:
@@ -244,17 +250,17 @@ def test_given_keypoints_go_through_the_image_transform(tmp_path):
         pl = placement(src.size, (64, 64), mode)
         frame = np.asarray(pl.image(src).convert("L"), dtype=np.float64)
         ys, xs = np.nonzero(frame > 100)
-        kp = read_keypoints(path, src.size, pl)[0]
+        kp = place_keypoints(read_keypoints(path, src.size), pl)[0]
         assert kp[0, 2] > 0
         assert abs(kp[0, 0] - np.average(xs, weights=frame[ys, xs])) < 1.0, mode
         assert abs(kp[0, 1] - np.average(ys, weights=frame[ys, xs])) < 1.0, mode
     record["people"][0]["keypoints"] = person({0: (2, 9)}).tolist()  # cut away by the centre crop
     path.write_text(json.dumps(record))
-    assert read_keypoints(path, src.size, placement(src.size, (64, 64), "crop"))[0][0, 2] == 0
+    assert place_keypoints(read_keypoints(path, src.size), placement(src.size, (64, 64), "crop"))[0][0, 2] == 0
     # Upscaled, a keypoint far inside stays: it is tested where it lands, not mapped a second time.
     record = {"width": 32, "height": 32, "people": [{"keypoints": person({0: (20, 10)}).tolist()}]}
     path.write_text(json.dumps(record))
-    kp = read_keypoints(path, (32, 32), placement((32, 32), (64, 64), "resize"))[0]
+    kp = place_keypoints(read_keypoints(path, (32, 32)), placement((32, 32), (64, 64), "resize"))[0]
     assert kp[0, 2] > 0 and np.allclose(kp[0, :2], [40.5, 20.5])
 
 
@@ -511,7 +517,7 @@ def test_a_rerun_with_the_inputs_elsewhere_resumes(command, tmp_path, tiny_ckpt,
 
 
 def test_command_resumes_after_an_interruption(command, tmp_path, monkeypatch):
-    from interp.output import RunDir
+    from interp.apps.rundir import RunDir
     assert command("full")[0] == 0
     save = RunDir.save_frame
     calls = []
@@ -577,17 +583,18 @@ def test_command_rejects_bad_images(tiny_ckpt, tmp_path, capsys):
 
 
 def test_preview_profile_fills_only_what_was_not_given():
-    from interp.settings import FULL, PREVIEW, parse
-    s = parse(["a.png", "b.png", "--prompt", "x", "--preview", "--steps", "30"])
+    from interp.apps.options import parse
+    from interp.settings import PREVIEW, Settings
+    s = parse(["a.png", "b.png", "--prompt", "x", "--preview", "--steps", "30"]).settings
     assert (s.size, s.steps, s.inversion_steps, s.candidates) == (PREVIEW["size"], 30, 50, 1)
-    s = parse(["a.png", "b.png", "--prompt", "x"])
-    assert [getattr(s, k) for k in FULL] == list(FULL.values())
+    s = parse(["a.png", "b.png", "--prompt", "x"]).settings
+    assert s == Settings(prompt="x")  # the method's own defaults
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.cfg = 1.0
 
 
 def test_help_shows_every_default(capsys):
-    from interp.settings import parser
+    from interp.apps.options import parser
     text = parser().format_help()
     for shown in ("(default: 7.5)", "(default: (0.3, 0.55))", "(default: 17)", "(default: (1.0, 1.5))",
                   "(default: ours)", "(default: resize)", "textual inversion (Section 4.2)"):

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 import ldm
-from ldm import safetensors_io
-from ldm.controlnet import load_controlnet
 from ldm.errors import UserError
-from ldm.safetensors_io import SafetensorsFile
+from ldm.load import safetensors_io
+from ldm.load.controlnet import load_controlnet
+from ldm.load.safetensors_io import SafetensorsFile
 
 
 def write(path, tensors: dict):

@@ -1,4 +1,4 @@
-"""The memory model (`ldm.memory`) and the batch limits a run takes from it: the meta-device estimate equals
+"""The memory model (`ldm.accel.memory`) and the batch limits a run takes from it: the meta-device estimate equals
 what the same calls hold on real tensors, costs grow by rows as measured, and a budget gives the largest
 batches that fit it, the decoder split to match."""
 import copy
@@ -10,8 +10,8 @@ import torch
 import ldm
 from interp.conditioning import PoseConditioning, TextConditioning
 from interp.interpolator import Interpolator
-from interp.schemes import scheme
-from ldm import memory
+from interp.settings import Settings
+from ldm.accel import memory
 
 
 @pytest.fixture(scope="module")
@@ -85,13 +85,13 @@ def person(points):
 def interpolator(sd, controlnet=None, **kw):
     g = torch.Generator().manual_seed(1)
     c = torch.randn(3, 77, sd.config.unet.context_dim, generator=g)
-    plan = scheme("ours").plan(9, steps=10, candidates="auto")
+    settings = Settings(frames=9, steps=10, candidates="auto", **kw)
     poses = None
     if controlnet is not None:
         a = person({1: (32, 20), 2: (20, 20), 5: (44, 20)})
         poses = PoseConditioning([a], [a], 64, 64)
-    return Interpolator(sd, plan, TextConditioning(c[:1], c[1:2], c[2:]), controlnet=controlnet, poses=poses,
-                        scorer=lambda images: torch.arange(len(images), dtype=torch.float32), **kw)
+    return Interpolator(sd, settings, TextConditioning(c[:1], c[1:2], c[2:]), controlnet=controlnet, poses=poses,
+                        scorer=lambda images: torch.arange(len(images), dtype=torch.float32))
 
 
 @pytest.mark.parametrize("with_controlnet", [False, True])

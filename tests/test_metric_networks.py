@@ -12,9 +12,11 @@ from safetensors.torch import load_file, save_file
 
 from conftest import DATA
 from ldm.errors import UserError
-from ldm.inception import InceptionV3, feature_statistics, frechet_distance, load_inception
-from ldm.lpips import LPIPS, load_lpips
-from ldm.state_dicts import check_state, expected_keys
+from ldm.load.inception import load_inception
+from ldm.load.lpips import load_lpips
+from ldm.load.state_dicts import check_state, expected_keys
+from ldm.nets.inception import InceptionV3, feature_statistics, frechet_distance
+from ldm.nets.lpips import LPIPS
 from metric_weights import images, manifest, synthetic_state
 
 TOL = 1e-4

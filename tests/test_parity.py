@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import ldm
-from ldm import attention as attn
 from ldm.accel import modules as fast
-from ldm.blocks import timestep_embedding
+from ldm.nets import attention as attn
+from ldm.nets.blocks import timestep_embedding
 
 
 def close(actual, expected, atol=1e-4, rtol=1e-4):

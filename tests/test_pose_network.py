@@ -155,7 +155,7 @@ def test_default_model_offline_is_one_error_line(tmp_path, monkeypatch, capsys):
     import huggingface_hub
     monkeypatch.setenv("SD_INTERP_WEIGHTS", str(tmp_path))
     monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", offline)
-    from ldm import weights
+    from ldm.load import weights
     monkeypatch.setattr(weights, "_reachable", lambda url: True)  # so that the download itself fails
     image = tmp_path / "blank.png"
     cv2.imwrite(str(image), np.zeros((64, 64, 3), np.uint8))

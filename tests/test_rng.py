@@ -1,12 +1,12 @@
-"""Every random draw goes through ldm.rng: drawn on the generator's (CPU) device, the same on every device."""
+"""Every random draw goes through ldm.sample.rng: drawn on the generator's (CPU) device, the same on every device."""
 import re
 from pathlib import Path
 
 import torch
 
-from ldm import rng
-from ldm.ddim import DDIM
-from ldm.schedule import NoiseSchedule
+from ldm.sample import rng
+from ldm.sample.ddim import DDIM
+from ldm.sample.schedule import NoiseSchedule
 
 ROOT = Path(__file__).resolve().parents[1]
 DRAWS = re.compile(r"torch\.(randn|rand|randint|randperm|normal|bernoulli|multinomial)\(|\.(normal_|uniform_)\(|_like\(")

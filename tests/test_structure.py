@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from conftest import DATA
-from ldm.checkpoint import PREFIXES
-from ldm.config import ModelConfig
-from ldm.controlnet import ControlNet
-from ldm.text import TextTransformer
-from ldm.unet import UNetModel
-from ldm.vae import AutoencoderKL
+from ldm.load.checkpoint import PREFIXES
+from ldm.nets.config import ModelConfig
+from ldm.nets.controlnet import ControlNet
+from ldm.nets.text import TextTransformer
+from ldm.nets.unet import UNetModel
+from ldm.nets.vae import AutoencoderKL
 
 SD21 = json.loads((DATA / "sd21_checkpoint_keys.json").read_text())
 
@@ -43,6 +43,6 @@ def test_controlnet_manifest():
 
 
 def test_schedule_buffers_are_the_manifest_keys():
-    from ldm.schedule import schedule_buffers
+    from ldm.sample.schedule import schedule_buffers
     buffers = schedule_buffers()
     assert {k: list(v.shape) for k, v in buffers.items()} == SD21["schedule_buffers"]

@@ -179,14 +179,13 @@ def test_the_studio_refuses_what_it_should(tmp_path, tiny_dir, clip_tiny, pair, 
 
 
 def test_a_studio_open_to_the_network_says_so(tmp_path, capsys):
-    from interp.cli import _open_studio
-    from interp.output import RunDir
+    from interp.apps.rundir import RunDir
+    from interp.apps.run import open_studio
     from interp.schemes import scheme
-    from interp.settings import parse
+    from interp.apps.options import parse
     s = parse(["a.png", "b.png", "--prompt", "x", "--interactive", "--host", "0.0.0.0", "--frames", "5"])
     assert "interactive" not in s.record() and "host" not in s.record()  # not part of a run's identity
-    ours = scheme("ours")
-    studio = _open_studio(s, RunDir(tmp_path / "run", {"frames": 5, "size": [64, 64]}), ours.plan(5, 10), ours)
+    studio = open_studio(s, RunDir(tmp_path / "run", {"frames": 5, "size": [64, 64]}), scheme("ours").plan(5, 10))
     try:
         err = capsys.readouterr().err
         assert "warning: the studio is served on 0.0.0.0" in err and studio.url in err.splitlines()

@@ -2,7 +2,7 @@
 
 tests/data/tokenizer_cases.json (tools/make_tokenizer_fixtures.py) holds open_clip 2.7.0's ids and ftfy's
 `fix_text` for hand-written prompts and seeded random strings; only text that needs ftfy's mojibake repair,
-which ldm/tokenizer.py leaves out, may tokenize differently.
+which ldm/nets/tokenizer.py leaves out, may tokenize differently.
 """
 import json
 
@@ -11,7 +11,7 @@ import torch
 
 import ldm
 from conftest import DATA
-from ldm.tokenizer import CONTEXT_LENGTH, EOT, SOT, clean, fix_text, split_words
+from ldm.nets.tokenizer import CONTEXT_LENGTH, EOT, SOT, clean, fix_text, split_words
 
 FIXTURE = json.loads((DATA / "tokenizer_cases.json").read_text())
 CASES = FIXTURE["prompts"] + FIXTURE["random"]

@@ -9,7 +9,7 @@ import torch
 
 from conftest import ROOT
 from make_fixture_weights import fixture_tensor
-from ldm.safetensors_io import SafetensorsFile
+from ldm.load.safetensors_io import SafetensorsFile
 
 
 def test_fixture_rule_categories():

@@ -3,12 +3,12 @@
 import pytest
 from PIL import Image
 
-import interp.cli
+import interp.apps.interpolate
 import interp.models
 import ldm.cli
 from ldm import runtime
 from ldm.cli import img2img_main, txt2img_main
-from interp.cli import main as interpolate_main
+from interp.apps.interpolate import main as interpolate_main
 from conftest import run_command as run
 
 
@@ -29,7 +29,7 @@ def one_error_line(code, err, *words):
 
 
 def test_txt2img_and_img2img_check_their_out_first(tiny_ckpt, blocker, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(ldm.cli, "load_model", lambda args: pytest.fail("the model loads only once --out is writable"))
+    monkeypatch.setattr(ldm.cli, "load_model", lambda options: pytest.fail("the model loads only once --out is writable"))
     code, err = run(txt2img_main, ["--prompt", "a", "--ckpt", tiny_ckpt, "--out", blocker / "x.png"], capsys)
     one_error_line(code, err, "cannot write", str(blocker), "--out")
     Image.new("RGB", (64, 64)).save(tmp_path / "in.png")

@@ -3,8 +3,8 @@ import hashlib
 
 import pytest
 
-from ldm import weights
 from ldm.errors import UserError
+from ldm.load import weights
 
 
 @pytest.fixture
@@ -94,7 +94,7 @@ def test_every_missing_file_is_named_at_once(weights_dir, monkeypatch, tmp_path)
 
 
 def test_interpolate_names_all_its_missing_files_before_loading_anything(weights_dir, monkeypatch, tmp_path, capsys):
-    import interp.cli
+    import interp.apps.interpolate
     import interp.models
     from PIL import Image
     monkeypatch.setattr(weights, "_download", lambda entry, dest: (_ for _ in ()).throw(UserError("offline")))
@@ -102,7 +102,7 @@ def test_interpolate_names_all_its_missing_files_before_loading_anything(weights
     for name in ("a", "b"):
         Image.new("RGB", (64, 64)).save(tmp_path / f"{name}.png")
     with pytest.raises(SystemExit) as e:
-        interp.cli.main([str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--prompt", "x", "--candidates", "3",
+        interp.apps.interpolate.main([str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--prompt", "x", "--candidates", "3",
                          "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.startswith("error: 5 files are missing") and err.count("\n") == 1
@@ -112,11 +112,11 @@ def test_interpolate_names_all_its_missing_files_before_loading_anything(weights
 
 
 def test_fetch_only_gets_the_files_and_stops(tiny_ckpt, tmp_path, capsys):
-    import interp.cli
+    import interp.apps.interpolate
     from PIL import Image
     for name in ("a", "b"):
         Image.new("RGB", (64, 64)).save(tmp_path / f"{name}.png")
-    interp.cli.main([str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--prompt", "x", "--ckpt", str(tiny_ckpt),
+    interp.apps.interpolate.main([str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--prompt", "x", "--ckpt", str(tiny_ckpt),
                      "--no-pose", "--candidates", "1", "--fetch-only", "--out", str(tmp_path / "run")])
     assert capsys.readouterr().out.strip() == f"sd: {tiny_ckpt}"
     assert not (tmp_path / "run").exists()

@@ -30,12 +30,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ldm.checkpoint import parse_dtype  # noqa: E402
 from ldm import accel  # noqa: E402
 from ldm.accel import accelerate, compile_model, cpu_model  # noqa: E402
-from ldm.config import ModelConfig  # noqa: E402
-from ldm.unet import UNetModel  # noqa: E402
-from ldm.vae import AutoencoderKL  # noqa: E402
+from ldm.load.checkpoint import parse_dtype  # noqa: E402
+from ldm.nets.config import ModelConfig  # noqa: E402
+from ldm.nets.unet import UNetModel  # noqa: E402
+from ldm.nets.vae import AutoencoderKL  # noqa: E402
 from make_fixture_weights import fixture_tensor  # noqa: E402
 
 
@@ -281,8 +281,8 @@ def bench_interp(args, device, results):
     import numpy as np
     from PIL import Image
 
-    from interp.cli import interpolate
-    from interp.settings import parse
+    from interp.apps.options import parse
+    from interp.apps.run import make as interpolate
     if not args.ckpt:
         raise SystemExit("--parts interp needs --ckpt (e.g. python tools/make_fixture_weights.py sd --out sd21.safetensors)")
     yy, xx = np.mgrid[0:args.interp_size, 0:args.interp_size] / args.interp_size

@@ -4,7 +4,7 @@
 
 Makes the tiny weights and `--pairs` random pairs in a temporary folder, then times, each from a fresh
 output folder and inversion cache: `interp-batch` in one process (all the machine's threads) and
-`torchrun --standalone --nproc-per-node=K -m interp.batch` (one thread per worker, torchrun's default).
+`torchrun --standalone --nproc-per-node=K -m interp.apps.batch` (one thread per worker, torchrun's default).
 Prints a Markdown table with the CPU model: runs per minute and the speed-up.
 """
 import argparse
@@ -67,9 +67,9 @@ def main(argv=None):
         results = []
         for workers in (1, args.workers):
             env = {**os.environ, "SD_INTERP_CACHE": str(folder / f"cache-{workers}")}
-            launch = [sys.executable, "-m", "interp.batch"] if workers == 1 else \
+            launch = [sys.executable, "-m", "interp.apps.batch"] if workers == 1 else \
                 [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={workers}",
-                 "-m", "interp.batch"]
+                 "-m", "interp.apps.batch"]
             seconds = timed([*launch, str(pairs), "--out", str(folder / f"runs-{workers}"), *options], env)
             results.append((workers, seconds))
     print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__}; {args.pairs} pairs, "

@@ -15,7 +15,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import ldm  # noqa: E402
-from ldm.clip import cosine_similarity  # noqa: E402
+from ldm.nets.clip import cosine_similarity  # noqa: E402
 
 
 def main(argv=None):

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from ldm.inception import InceptionV3  # noqa: E402
-from ldm.lpips import LPIPS  # noqa: E402
+from ldm.nets.inception import InceptionV3  # noqa: E402
+from ldm.nets.lpips import LPIPS  # noqa: E402
 
 
 def best_of(repeats: int, fn) -> float:

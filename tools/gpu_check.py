@@ -12,7 +12,7 @@
 4. Host syncs inside a DDIM step, counted with CUDA's sync debug mode (a CPU has none to count).
 5. The UNet step, eager (also in channels-last layout, and with cudnn.benchmark) and compiled (default and
    reduce-overhead), at each size and batch, with the fraction of the measured matmul peak.
-6. The memory model (`ldm.memory`): its estimate of a UNet call at 768 px, batch 16, against CUDA's peak.
+6. The memory model (`ldm.accel.memory`): its estimate of a UNet call at 768 px, batch 16, against CUDA's peak.
 7. One interpolation (17 frames, the default plan), with one candidate and with 8-7-6-5: wall time, peak
    memory and the batch limits the run took from the free memory.
 
@@ -38,19 +38,18 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tools")]
 import ldm  # noqa: E402
 from bench import flops_of, matmul_peak, once, random_module, timed  # noqa: E402
-from ldm import memory  # noqa: E402
-from ldm.accel import accelerate, compile_model  # noqa: E402
-from ldm.checkpoint import PREFIXES, StableDiffusion  # noqa: E402
-from ldm.clip import CLIP, parse_clip_config  # noqa: E402
-from ldm.config import ModelConfig, parse_config  # noqa: E402
-from ldm.controlnet import ControlNet  # noqa: E402
-from ldm.ddim import DDIM  # noqa: E402
-from ldm.denoiser import Denoiser  # noqa: E402
+from ldm.accel import accelerate, compile_model, memory  # noqa: E402
+from ldm.load.checkpoint import PREFIXES, StableDiffusion  # noqa: E402
+from ldm.nets.clip import CLIP, parse_clip_config  # noqa: E402
+from ldm.nets.config import ModelConfig, parse_config  # noqa: E402
+from ldm.nets.controlnet import ControlNet  # noqa: E402
+from ldm.nets.text import TextTransformer  # noqa: E402
+from ldm.nets.unet import UNetModel  # noqa: E402
+from ldm.nets.vae import AutoencoderKL  # noqa: E402
 from ldm.runtime import add_device_arg  # noqa: E402
-from ldm.schedule import NoiseSchedule  # noqa: E402
-from ldm.text import TextTransformer  # noqa: E402
-from ldm.unet import UNetModel  # noqa: E402
-from ldm.vae import AutoencoderKL  # noqa: E402
+from ldm.sample.ddim import DDIM  # noqa: E402
+from ldm.sample.denoiser import Denoiser  # noqa: E402
+from ldm.sample.schedule import NoiseSchedule  # noqa: E402
 
 TINY = ROOT / "tests" / "data"
 HALF = (torch.float16, torch.bfloat16)
@@ -102,7 +101,7 @@ def eta_sampling(unet, cfg, device) -> dict:
     sampler = DDIM(NoiseSchedule(cfg.schedule), "v", 20, eta=1.0)
     x = torch.randn(1, cfg.unet.in_channels, 8, 8, device=device)
     ctx = torch.randn(1, 77, cfg.unet.context_dim, device=device)
-    out = sampler.sample(Denoiser(unet), x, ctx, start=4, generator=[ldm.rng.generator(0, "eta")])
+    out = sampler.sample(Denoiser(unet), x, ctx, start=4, generator=[ldm.sample.rng.generator(0, "eta")])
     return {"finite": bool(torch.isfinite(out).all()), "device": out.device.type}
 
 
@@ -140,7 +139,7 @@ def host_syncs(unet, cfg, device, steps: int = 4):
 
 
 def memory_model(unet, cfg, device, size: int, batch: int, dtype) -> dict:
-    """The memory model's estimate of a UNet call (`ldm.memory`) against the peak CUDA's allocator saw
+    """The memory model's estimate of a UNet call (`ldm.accel.memory`) against the peak CUDA's allocator saw
     (None off CUDA: a CPU has no allocator statistics)."""
     net = accelerate(copy.deepcopy(unet).to(dtype), device)
     side, context = size // 8, (77, cfg.unet.context_dim)
@@ -191,8 +190,8 @@ def unet_steps(unet, cfg, device, sizes, batches, dtype, modes, peak: bool = Tru
 def sequence(device, dry_run: bool, candidates: str, folder: Path) -> dict:
     """`interpolate` end to end on synthetic checkpoint files: wall seconds and peak memory."""
     import make_fixture_weights
-    from interp.cli import interpolate
-    from interp.settings import parse
+    from interp.apps.options import parse
+    from interp.apps.run import make as interpolate
     config = [] if not dry_run else ["--config", str(TINY / "config.json")]
     clip_config = [] if not dry_run else ["--config", str(TINY / "clip" / "clip_config.json")]
     for kind, extra in (("sd", config), ("controlnet", config), ("clip", clip_config)):

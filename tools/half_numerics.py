@@ -27,9 +27,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tools")]
 from bench import random_module  # noqa: E402
 from ldm.accel import accelerate, cpu_model  # noqa: E402
 from ldm.accel import modules as fast  # noqa: E402
-from ldm.blocks import timestep_embedding  # noqa: E402
-from ldm.config import ModelConfig, parse_config  # noqa: E402
-from ldm.unet import Encoder, UNetModel  # noqa: E402
+from ldm.nets.blocks import timestep_embedding  # noqa: E402
+from ldm.nets.config import ModelConfig, parse_config  # noqa: E402
+from ldm.nets.unet import Encoder, UNetModel  # noqa: E402
 
 TIMESTEPS = (1, 500, 999)
 

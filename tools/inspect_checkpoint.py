@@ -13,19 +13,19 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from ldm import weights  # noqa: E402
-from ldm.checkpoint import PREFIXES, _config_for, detect  # noqa: E402
 from ldm.errors import UserError  # noqa: E402
-from ldm.safetensors_io import SafetensorsFile  # noqa: E402
-from ldm.schedule import schedule_buffers  # noqa: E402
+from ldm.load import weights  # noqa: E402
+from ldm.load.checkpoint import PREFIXES, config_for, detect  # noqa: E402
+from ldm.load.safetensors_io import SafetensorsFile  # noqa: E402
+from ldm.sample.schedule import schedule_buffers  # noqa: E402
 
 
 def expected_shapes(config) -> dict:
     """{prefix: {key: shape}} of the modules this project would load the file into."""
-    from ldm.controlnet import ControlNet
-    from ldm.text import TextTransformer
-    from ldm.unet import UNetModel
-    from ldm.vae import AutoencoderKL
+    from ldm.nets.controlnet import ControlNet
+    from ldm.nets.text import TextTransformer
+    from ldm.nets.unet import UNetModel
+    from ldm.nets.vae import AutoencoderKL
     with torch.device("meta"):
         modules = {"unet": UNetModel(config.unet), "vae": AutoencoderKL(config.vae),
                    "text": TextTransformer(config.text), "controlnet": ControlNet(config.unet)}
@@ -39,7 +39,7 @@ def report(path, config=None) -> str:
     name, entry = weights.lookup(path)
     if name:
         lines.append(f"catalog     {name}: {entry['what']}")
-    expected = expected_shapes(_config_for(Path(path), config))
+    expected = expected_shapes(config_for(Path(path), config))
     known = set(schedule_buffers())
     for prefix in PREFIXES.values():
         keys = [k for k in st.keys() if k.startswith(prefix)]

@@ -23,8 +23,8 @@ def main(argv=None):
     a = p.parse_args(argv)
     import torch  # noqa: F401  (imported before the baseline so it is not counted as loading)
     import ldm
-    from ldm.checkpoint import PREFIXES
-    from ldm.safetensors_io import SafetensorsFile
+    from ldm.load.checkpoint import PREFIXES
+    from ldm.load.safetensors_io import SafetensorsFile
     st = SafetensorsFile(a.file)
     tensor_bytes = sum(st.nbytes(k) for k in st.keys() if k.startswith(tuple(PREFIXES[c] for c in ("unet", "vae", "text"))))
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

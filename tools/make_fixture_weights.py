@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from ldm import safetensors_io  # noqa: E402
-from ldm.checkpoint import PREFIXES, parse_dtype  # noqa: E402
-from ldm.config import parse_config  # noqa: E402
-from ldm.schedule import schedule_buffers  # noqa: E402
+from ldm.load import safetensors_io  # noqa: E402
+from ldm.load.checkpoint import PREFIXES, parse_dtype  # noqa: E402
+from ldm.nets.config import parse_config  # noqa: E402
+from ldm.sample.schedule import schedule_buffers  # noqa: E402
 
 
 def fixture_tensor(key: str, shape, seed: int) -> torch.Tensor:
@@ -47,9 +47,9 @@ def model_specs(modules: dict) -> dict:
 
 
 def sd_specs(config) -> dict:
-    from ldm.text import TextTransformer
-    from ldm.unet import UNetModel
-    from ldm.vae import AutoencoderKL
+    from ldm.nets.text import TextTransformer
+    from ldm.nets.unet import UNetModel
+    from ldm.nets.vae import AutoencoderKL
     cfg = parse_config(config)
     with torch.device("meta"):
         return model_specs({PREFIXES["unet"]: UNetModel(cfg.unet), PREFIXES["vae"]: AutoencoderKL(cfg.vae),
@@ -57,14 +57,14 @@ def sd_specs(config) -> dict:
 
 
 def controlnet_specs(config) -> dict:
-    from ldm.controlnet import ControlNet
+    from ldm.nets.controlnet import ControlNet
     with torch.device("meta"):
         return model_specs({PREFIXES["controlnet"]: ControlNet(parse_config(config).unet)})
 
 
 def clip_specs(config) -> dict:
     """open_clip keys: no prefix (the text tower at the top level, the image tower under visual.)."""
-    from ldm.clip import CLIP
+    from ldm.nets.clip import CLIP
     with torch.device("meta"):
         return model_specs({"": CLIP(config)})
 

@@ -28,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import metric_weights  # noqa: E402
-from ldm import safetensors_io  # noqa: E402
+from ldm.load import safetensors_io  # noqa: E402
 
 _real_register_fake = torch.library.register_fake
 torch.library.register_fake = lambda *a, **k: (lambda f: f)

@@ -8,7 +8,7 @@ Runs in a throwaway environment that has the reference tokenizer (never the proj
     /tmp/ocenv/bin/python tools/make_tokenizer_fixtures.py
 
 Each case holds the input `text`, ftfy's `fixed` text and open_clip's `ids` (its row without the padding).
-`mojibake` says whether ftfy's mojibake repair (`fix_encoding`, which ldm/tokenizer.py leaves out) changes
+`mojibake` says whether ftfy's mojibake repair (`fix_encoding`, which ldm/nets/tokenizer.py leaves out) changes
 the fixed text; where it does, `unrepaired` is ftfy's result without that repair. The cases are
 about 30 hand-written prompts and a few thousand seeded random strings.
 """

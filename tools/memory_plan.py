@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """What a default interpolation needs of a GPU's memory, estimated on any machine from the memory model
-(`ldm.memory`): the batch limits `interpolate` would take on a card of a given size and the peak of every
+(`ldm.accel.memory`): the batch limits `interpolate` would take on a card of a given size and the peak of every
 round, without weights or a GPU (the SD 2.1 networks are built on the meta device, with the CUDA fast paths).
 
     python tools/memory_plan.py --size 768 --memory-gb 24
@@ -20,17 +20,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from interp.conditioning import PoseConditioning, TextConditioning  # noqa: E402
 from interp.interpolator import Interpolator  # noqa: E402
-from interp.schemes import scheme  # noqa: E402
-from ldm import memory  # noqa: E402
-from ldm.accel import accelerate  # noqa: E402
-from ldm.checkpoint import StableDiffusion, parse_dtype  # noqa: E402
-from ldm.clip import CLIP  # noqa: E402
-from ldm.config import ModelConfig, with_pipeline  # noqa: E402
-from ldm.controlnet import ControlNet  # noqa: E402
-from ldm.schedule import NoiseSchedule  # noqa: E402
-from ldm.text import TextTransformer  # noqa: E402
-from ldm.unet import UNetModel  # noqa: E402
-from ldm.vae import AutoencoderKL  # noqa: E402
+from interp.settings import Settings  # noqa: E402
+from ldm.accel import accelerate, memory  # noqa: E402
+from ldm.load.checkpoint import StableDiffusion, parse_dtype  # noqa: E402
+from ldm.nets.clip import CLIP  # noqa: E402
+from ldm.nets.config import ModelConfig, with_pipeline  # noqa: E402
+from ldm.nets.controlnet import ControlNet  # noqa: E402
+from ldm.nets.text import TextTransformer  # noqa: E402
+from ldm.nets.unet import UNetModel  # noqa: E402
+from ldm.nets.vae import AutoencoderKL  # noqa: E402
+from ldm.sample.schedule import NoiseSchedule  # noqa: E402
 
 GB = 1e9
 
@@ -56,7 +55,7 @@ def plan(size: int, dtype, memory_gb: float, context_gb: float, frames: int, can
                          path="", notes=[])
     context = torch.zeros(1, 77, cfg.unet.context_dim)
     person = [[size / 2, size * (0.2 + 0.04 * j), 1.0] for j in range(18)]
-    it = Interpolator(sd, scheme("ours").plan(frames, steps=200, candidates=candidates),
+    it = Interpolator(sd, Settings(frames=frames, steps=200, candidates=candidates),
                       TextConditioning(context, context, context), controlnet=nets.get("controlnet"),
                       poses=PoseConditioning([person], [person], size, size) if controlnet else None,
                       scorer=lambda images: None)

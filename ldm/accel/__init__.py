@@ -1,6 +1,6 @@
 """The acceleration layer: every speed path of the model zoo, applied to a loaded model in place.
 
-The model files (`blocks.py`, `unet.py`, `vae.py`, ...) hold the architecture only, written as the reference
+The model files (`ldm/nets/`: `blocks.py`, `unet.py`, `vae.py`, ...) hold the architecture only, written as the reference
 writes it. `accelerate(model)` then swaps the class of some modules for a subclass that computes the same
 function faster on the device in hand (same parameters, same `state_dict` keys; `modules.py`), puts a fused
 attention kernel where the reference formula was, and picks the memory layout. The loaders call it unless
@@ -26,20 +26,31 @@ Which paths a device gets at a dtype is its `Policy`:
 * the dtype of `--dtype auto` (`default_dtype`).
 
 BENCHMARKS.md holds the measurements behind these choices and the CPU each was made on.
+`memory.py` holds the memory model: a network call's peak, counted on meta tensors, and the batch limits
+it allows.
 """
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
-from ..blocks import FeedForward, GroupNorm32, SpatialTransformer, Upsample
-from ..vae import AutoencoderKL
+from ..nets.blocks import FeedForward, GroupNorm32, SpatialTransformer, Upsample
+from ..nets.vae import AutoencoderKL
 from .machine import cpu_flags, cpu_model, measured_paths, path_names
 from . import modules as fast
 from .modules import ConvLinear, CpuConv2d, FoldedUpsample, HalfGroupNorm32, RowSlicedFeedForward
 
 __all__ = ["Policy", "policy", "default_dtype", "accelerate", "compile_model", "cpu_flags", "cpu_model",
            "ConvLinear", "CpuConv2d", "FoldedUpsample", "HalfGroupNorm32", "RowSlicedFeedForward"]
+
+
+COMPILED_BATCH = 4  # rows of each call to a CPU-compiled UNet whose batch would vary (2 frames with guidance)
+
+
+def fixed_batch(compiled: bool, device) -> bool:
+    """Whether a compiled network is called with one batch size: on CPUs (frozen graphs, one per shape);
+    CUDA graphs take any batch (`compile_model`)."""
+    return compiled and torch.device(device).type == "cpu"
 
 
 @dataclass(frozen=True)
@@ -122,7 +133,7 @@ def compile_model(module, device, **options):
     interpolation grow, and each size would otherwise compile anew), except under CUDA graphs
     (mode="reduce-overhead"), which record one graph per shape. On CPUs, inductor also freezes the weights
     of this network's inference (no-grad) graphs, which prepacks them for oneDNN, and callers keep the
-    batch fixed (`ldm.denoiser.in_batches(pad=True)`); graphs that need gradients (textual inversion) are
+    batch fixed (`ldm.sample.denoiser.in_batches(pad=True)`); graphs that need gradients (textual inversion) are
     unaffected."""
     if torch.device(device).type == "cpu":
         options["options"] = {"freezing": True, **options.get("options", {})}

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .. import rng
-from ..blocks import FeedForward
 from ..files import json_cached, user_cache
+from ..nets.blocks import FeedForward
+from ..sample import rng
 from . import modules as fast
 
 MARGIN = 0.97   # a fast path is taken where its best time is at most this fraction of the plain op's

@@ -7,11 +7,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import rng
-from ..blocks import FeedForward, GroupNorm32, Upsample
+from ..nets.blocks import FeedForward, GroupNorm32, Upsample
+from ..sample import rng
 
 def sdpa(q, k, v, causal: bool = False):
-    """`ldm.attention.attention` through torch's fused scaled_dot_product_attention, for kernels that
+    """`ldm.nets.attention.attention` through torch's fused scaled_dot_product_attention, for kernels that
     accumulate half inputs in float32 (CUDA's flash / memory-efficient kernels and the CPU flash kernel do).
     A causal mask is the kernel's own (`is_causal`), which keeps the flash kernel available."""
     return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
