@@ -10,23 +10,26 @@ setup(
     package_data={"ldm": ["data/bpe_simple_vocab_16e6.txt.gz"], "ldm.catalog": ["catalog.json"],
                   "interp.apps": ["studio.html"]},
     python_requires=">=3.10",
+    # what the packages import, and nothing else (tests/test_requirements.py compares them)
     install_requires=[
         # before 2.5, scaled_dot_product_attention's math fallback kept float16 scores in float16, which
         # SD 2.1's attention overflows
         "torch>=2.5",
-        "safetensors>=0.4",
         "huggingface-hub>=0.20",
         "numpy>=1.24",
         "pillow>=9",
         "opencv-python-headless>=4.8,<5",
+        "tqdm>=4.62",
     ],
     extras_require={
         # open_clip's model zoo, for GPU stacks only: on a CPU torch it pulls a CUDA torchvision that
         # replaces torch. Nothing in this package imports it.
         "openclip": ["open-clip-torch"],
-        # wheel: tests/test_install.py builds the package offline; selenium drives Chromium in the studio's
-        # browser test (the browser itself comes from the system: apt install chromium chromium-driver)
-        "test": ["pytest", "wheel", "selenium"],
+        # setuptools and wheel: tests/test_install.py builds the package offline with them (setuptools before
+        # 70.1 takes bdist_wheel from wheel); selenium drives Chromium in the studio's browser test (the browser
+        # itself comes from the system: apt install chromium chromium-driver); safetensors: the tests read
+        # their reference data with it (the package reads and writes the format itself, ldm/load/safetensors_io)
+        "test": ["pytest", "setuptools", "wheel", "selenium", "safetensors>=0.4"],
     },
     entry_points={"console_scripts": [
         "txt2img = ldm.cli:txt2img_main",

@@ -14,16 +14,17 @@ from .warp import warp_points
 
 class TextConditioning:
     """Per-image positive embeddings and negative embeddings ([1, 77, C] each), slerped by position
-    (Section 4.1: "we also interpolate the text embeddings")."""
+    (Section 4.1: "we also interpolate the text embeddings"; `mix=lerp` as the authors' interpolate-denoise)."""
 
-    def __init__(self, cond_a, cond_b, uncond_a, uncond_b=None):
+    def __init__(self, cond_a, cond_b, uncond_a, uncond_b=None, mix=slerp):
         self.cond = (cond_a, cond_b)
         self.uncond = (uncond_a, uncond_a if uncond_b is None else uncond_b)
+        self.mix = mix
 
     def at(self, positions) -> tuple:
         """(cond, uncond), each [len(positions), 77, C]."""
         p = torch.as_tensor(positions, dtype=torch.float32)
-        return tuple(slerp(a.expand(len(p), -1, -1), b.expand(len(p), -1, -1), p) for a, b in (self.cond, self.uncond))
+        return tuple(self.mix(a.expand(len(p), -1, -1), b.expand(len(p), -1, -1), p) for a, b in (self.cond, self.uncond))
 
 
 def control_strength(positions, ends: float = 1.0, middle: float = 1.5) -> torch.Tensor:

@@ -29,7 +29,7 @@ from PIL import Image
 
 from ldm.accel import COMPILED_BATCH, fixed_batch
 from ldm.errors import UserError
-from ldm.images import frame_size, open_image, placement, placement_warnings, to_pil, to_rgb, to_tensor
+from ldm.images import check_frame_size, frame_size, open_image, placement, placement_warnings, to_pil, to_rgb, to_tensor
 from ldm.load import weights
 from ldm.sample.pipeline import img2img
 
@@ -39,7 +39,8 @@ from .frames import descendants
 from .interpolator import Interpolator
 from .models import ModelFiles, Models
 from .rank import CLIPScorer
-from .settings import Settings
+from .settings import LONG_SIDE, Settings
+from .slerp import lerp, slerp
 from .steering import Steering
 
 
@@ -184,7 +185,8 @@ class Interpolation:
         if keypoints is not None:
             keypoints = [read_keypoints(k, im.size) if isinstance(k, (str, os.PathLike)) else k for k, im in zip(keypoints, raw)]
         self.sd = pipeline.sd()
-        self.size = settings.requested_size() or frame_size(raw[0].size, self.sd.config.image_size)
+        self.size = settings.requested_size() or frame_size(raw[0].size, max(self.sd.config.image_size, LONG_SIDE))
+        check_frame_size(settings.size, self.sd.config.image_size, frame=self.size)  # sizes it was trained for
         self.placements = [placement(im.size, self.size, settings.fit) for im in raw]
         self.images = [pl.image(im) for pl, im in zip(self.placements, raw)]
         self.size = self.images[0].size
@@ -252,7 +254,8 @@ class Interpolation:
                 self.record["inversion_losses"] = losses
                 if on_embeddings is not None:
                     on_embeddings(cond, uncond, losses)
-        return TextConditioning(cond[:1].to(sd.device), cond[1:].to(sd.device), uncond.to(sd.device))
+        return TextConditioning(cond[:1].to(sd.device), cond[1:].to(sd.device), uncond.to(sd.device),
+                                mix={"slerp": slerp, "lerp": lerp}[s.text])
 
     def _start(self, embeddings, on_embeddings, on_progress, choose, cache: bool) -> None:
         """Everything the frames are conditioned on, and the runner that makes them."""

@@ -15,12 +15,16 @@ def user_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sd-interp"
 
 
-def check_writable(path, option: str, folder: bool = False) -> None:
+def check_writable(path, option: str, folder: bool = False, keep: bool = True) -> None:
     """A UserError naming `option` unless `path` (a file, or with `folder` a folder) can be written: its
-    folder is made and a probe file written and removed there. Commands call it before anything slow."""
+    folder is made and a probe file written and removed there. Commands call it before anything slow. With
+    `keep=False` the folders it made are removed again (a command that may still refuse the run leaves nothing
+    behind; it makes them when it writes)."""
     where = Path(path) if folder else Path(path).parent
     if where.exists() and not where.is_dir():
         raise UserError(f"cannot write to {where}: it is a file, not a folder: choose another {option}")
+    whole = Path(os.path.abspath(where))
+    made = [p for p in (whole, *whole.parents) if not os.path.lexists(p)]  # deepest first
     probe = where / f".write-probe-{os.getpid()}"
     try:
         where.mkdir(parents=True, exist_ok=True)
@@ -28,6 +32,12 @@ def check_writable(path, option: str, folder: bool = False) -> None:
         probe.unlink()
     except OSError as e:
         raise UserError(f"cannot write to {where} ({e.strerror or e}): choose another {option}") from None
+    finally:
+        for folder_made in made if not keep else ():
+            try:
+                os.rmdir(folder_made)  # only ever an empty folder
+            except OSError:
+                break
 
 
 def part_path(path) -> str:

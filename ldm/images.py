@@ -2,7 +2,8 @@
 accept, and writing PNGs atomically.
 
 Size rule: the target is W x H, both multiples of 64 (a requested size is rounded down to multiples of
-64, at least 64). A `Placement` brings the image to the target: a source box is resized to W x H with
+64, at least 64; `check_frame_size` instead refuses an interpolation's frame size that is not, or that the
+model was not trained for). A `Placement` brings the image to the target: a source box is resized to W x H with
 Lanczos filtering. In mode "crop" (the default, and `fit`) the box is the largest centred box of the
 target's aspect ratio, so the picture is centre-cropped; in mode "resize" the box is the whole picture,
 whose aspect ratio may then change. `Placement.points` maps pixel coordinates (keypoints) through the
@@ -34,6 +35,65 @@ def parse_size(text) -> tuple:
 
 def _multiple_of_64(n: int) -> int:
     return max(64, n - n % 64)
+
+
+FORCE = "!"       # a requested size ending in it is made even beyond what the model was trained for
+MAX_ASPECT = 4    # the longest side at most 4 times the shortest
+MAX_SCALE = 2     # no side more than twice the model's native size
+
+
+def _spell(w: int, h: int, square: bool) -> str:
+    return str(w) if square and w == h else f"{w}x{h}"
+
+
+def check_frame_size(size, native: int = None, frame=None, force: bool = False):
+    """The frame (W, H) a requested `size` asks for, or None when none is requested; a UserError for a size the
+    model cannot take, or was not trained for:
+
+    - both sides must be multiples of 64 (the error names the nearest sizes that are);
+    - unless forced, an aspect ratio beyond MAX_ASPECT:1 is refused (so is a default `frame` beyond it, the
+      first image's aspect at the model's size, checked when `size` is None);
+    - unless forced, a side more than MAX_SCALE times the model's `native` size is refused, for a size a
+      person spells ("W", "WxH" or W); a (W, H) pair is a frame a program decided (a chain's later pairs take
+      the first pair's frame, which may be a default beyond it for a small model), so only the first two rules
+      apply to it.
+
+    Text ending in FORCE ("1536x512!") forces it, as does `force`. Beyond these sizes the model repeats and
+    stretches its content, and the run's time grows with the area."""
+    if size is None:
+        if frame is None:
+            return None
+        (w, h), what, native = frame, f"the frame {frame[0]}x{frame[1]} (the first image's aspect ratio)", None
+        square = False
+    else:
+        spelled = not isinstance(size, (tuple, list))
+        text = str(size).strip() if spelled else "x".join(map(str, size))
+        if text.endswith(FORCE):
+            force, text = True, text[:-len(FORCE)]
+        w, h = parse_size(text)
+        square = "x" not in text.lower()
+        what = f"--size {text}"
+        if w % 64 or h % 64:
+            down = (_multiple_of_64(w), _multiple_of_64(h))
+            up = (-(-w // 64) * 64, -(-h // 64) * 64)
+            tries = " or ".join(dict.fromkeys(_spell(*s, square) for s in (down, up)))
+            sides = "the side must be a multiple" if square else "width and height must be multiples"
+            raise UserError(f"{what}: {sides} of 64: try {tries}")
+        native = native if spelled else None
+    if force:
+        return (w, h)
+    how = f"or --size {_spell(w, h, square)}{FORCE} to force it"
+    ratio = max(w, h) / min(w, h)
+    if ratio > MAX_ASPECT:
+        raise UserError(f"{what}: an aspect ratio of {ratio:.3g}:1 is beyond {MAX_ASPECT}:1, far from the pictures "
+                        f"the model was trained on (expect its content repeated or stretched): give a --size nearer "
+                        f"square (--fit crop keeps each picture's proportions), {how}")
+    if native and max(w, h) > MAX_SCALE * native:
+        side = "side" if w == h else "width" if w > h else "height"
+        raise UserError(f"{what}: a {side} of {max(w, h)} px is more than {MAX_SCALE}x the {native} px this model "
+                        f"was trained at (expect its content repeated, and a run whose time grows with the area): "
+                        f"give sides of at most {MAX_SCALE * native} px, {how}")
+    return (w, h)
 
 
 def to_rgb(im: Image.Image) -> Image.Image:

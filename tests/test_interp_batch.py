@@ -200,6 +200,7 @@ def _parent(pid: str) -> int:
 
 def test_a_chain_through_three_images_is_one_sequence(tmp_path, tiny_ckpt, capsys, monkeypatch):
     monkeypatch.setenv("SD_INTERP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("interp.pipeline.LONG_SIDE", 0)  # the tiny model's native size: a quicker first frame size
     images = [picture(tmp_path / f"{k}.png", k, size) for k, size in enumerate([(96, 80), (70, 90), (80, 80)])]
     fast = [a for a in FAST if a not in ("--size", 64)]  # each segment at the first one's frame size
     code, err = run_command(interpolate_main, [*images, "--prompt", "x", "--out", tmp_path / "chain",

@@ -502,18 +502,23 @@ def test_command_runs_a_baseline(command, tmp_path, name):
     assert code == 2 and "no candidates to rank" in err
 
 
-def test_a_rerun_with_the_inputs_elsewhere_resumes(command, tmp_path, tiny_ckpt, capsys):
-    """A run's identity is its inputs' content, not how their paths were spelled."""
+def test_a_rerun_with_the_inputs_elsewhere_is_the_same_run(command, tmp_path, tiny_ckpt, capsys):
+    """A run's identity is its inputs' content, not how their paths were spelled: the finished run is found
+    complete, not refused as another run, and nothing of it is rewritten."""
     import shutil
     assert command("run")[0] == 0
+    before = (tmp_path / "run" / "run.json").read_bytes()
     a, b = inputs(tmp_path)
     moved = [shutil.copy(p, tmp_path / f"copy_{i}.png") for i, p in enumerate((a, b))]
-    code, err = run_cli([*moved, "--prompt", "a ball", "--ckpt", tiny_ckpt, "--frames", 5, "--steps", 10, "--eta", 0.3,
-                         "--size", SIZE, "--inversion-steps", 2, "--candidates", 1, "--no-pose",
-                         "--out", tmp_path / "run"], capsys)
-    record = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert code == 0, err
-    assert record["resumed"] and record["inputs"] == [str(p) for p in moved]
+    try:
+        code = interpolate_main([str(x) for x in [*moved, "--prompt", "a ball", "--ckpt", tiny_ckpt, "--frames", 5,
+                                                   "--steps", 10, "--eta", 0.3, "--size", SIZE, "--inversion-steps", 2,
+                                                   "--candidates", 1, "--no-pose", "--out", tmp_path / "run"]])
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    assert not code, err
+    assert "already holds this run, complete" in out and (tmp_path / "run" / "run.json").read_bytes() == before
 
 
 def test_command_resumes_after_an_interruption(command, tmp_path, monkeypatch):

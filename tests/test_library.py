@@ -7,10 +7,12 @@ import pytest
 
 import golden_runs
 import interp
+import interp.settings
 from conftest import DATA
 from interp.apps.interpolate import main as interpolate_main
 
-SETTINGS = interp.Settings(prompt="a ball", frames=5, steps=4, size=64, inversion_steps=1, candidates=2, seed=3)
+SETTINGS = interp.Settings(prompt="a ball", frames=5, steps=4, size=64, inversion_steps=1, candidates=2, seed=3,
+                           eta=0.0, negative="", pose=True)
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +103,8 @@ def test_a_chain_has_one_frame_size(pipe, inputs):
     wide = Image.open(inputs / "c.png").resize((128, 64))
     results = pipe.chain([inputs / "a.png", wide, inputs / "b.png"], interp.Settings(
         prompt="a ball", frames=3, steps=4, inversion_steps=0, candidates=1, pose=False))
-    native = pipe.sd().config.image_size
-    assert results[0].size == results[1].size == (native, native)
+    side = max(pipe.sd().config.image_size, interp.settings.LONG_SIDE)
+    assert results[0].size == results[1].size == (side, side)
     assert np.array_equal(np.asarray(results[0].frames[-1]), np.asarray(results[1].frames[0]))
 
 

@@ -9,6 +9,7 @@ whole chain and `chain.json`:
      "fps": 8.0, "outputs": {"video": ..., "gif": ..., "contact_sheet": ...}, "video_codec": ...}
 """
 import dataclasses
+import json
 import os
 import sys
 
@@ -42,17 +43,33 @@ def make(s, make_pair, check) -> Chain:
         check(part)
     if s.fetch_only:
         return make_pair(parts[0])
-    check_writable(s.out, "--out", folder=True)
+    check_writable(s.out, "--out", folder=True, keep=False)  # made by the first segment's run
     runs = []
     for k, part in enumerate(parts):
         part = dataclasses.replace(part, settings=chain_segment(part.settings, runs[0].settings["size"] if runs else None))
         print(f"[chain] segment {k + 1} of {len(parts)}: {part.images[0]} -> {part.images[1]}", file=sys.stderr)
         runs.append(make_pair(part))
     frames = [(run, i) for k, run in enumerate(runs) for i in range(1 if k else 0, run.count)]
+    record = {"segments": [os.path.basename(run.path) for run in runs],
+              "frames": [[os.path.basename(run.path), i] for run, i in frames], "fps": s.fps}
+    if all(run.unchanged for run in runs) and _complete(s.out, record):
+        print(f"{s.out} already holds this chain, complete: nothing to do (--overwrite makes it again)")
+        return Chain(s.out, runs, frames)
     outputs, codec = write_outputs(s.out, [open_frame(run.frame_path(i)) for run, i in frames], s.fps)
-    write_json(os.path.join(s.out, CHAIN), {
-        "images": list(s.images), "segments": [os.path.basename(run.path) for run in runs],
-        "frames": [[os.path.basename(run.path), i] for run, i in frames], "fps": s.fps, "outputs": outputs,
-        "video_codec": codec})
+    write_json(os.path.join(s.out, CHAIN), {"images": list(s.images), **record, "outputs": outputs,
+                                            "video_codec": codec})
     print(f"wrote a chain of {len(frames)} frames through {len(s.images)} images to {s.out}")
     return Chain(s.out, runs, frames)
+
+
+def _complete(folder: str, record: dict) -> bool:
+    """Whether `folder`'s chain.json records these segments, frames and fps, and its outputs are all there
+    (then a rerun whose segments were all finished already rewrites nothing)."""
+    try:
+        with open(os.path.join(folder, CHAIN), encoding="utf-8") as f:
+            state = json.load(f)
+        outputs = state["outputs"].values()
+        return all(state[k] == v for k, v in record.items()) and all(
+            os.path.isfile(os.path.join(folder, name)) for name in outputs)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False

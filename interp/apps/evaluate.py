@@ -23,7 +23,7 @@ from ldm.load.model import check_device
 from ldm.runtime import Parser, add_device_arg, number, run
 
 from ..metrics import plots
-from ..metrics.measure import (SPACES, Cache, FeatureFiles, Sequence, add_feature_args, fid, find_runs, load_spaces,
+from ..metrics.measure import (AUTHORS_LABEL, SPACES, Cache, FeatureFiles, Sequence, add_feature_args, fid, find_runs, load_spaces,
                                parse_spaces, path_metrics, wanted_files)
 from ..schemes import SCHEMES
 from .rundir import write_json
@@ -82,7 +82,9 @@ def scheme_rows(sequences, spaces, paths: dict, inception, seed: int) -> dict:
     `spaces`."""
     rows = {}
     order = {name: k for k, name in enumerate(SCHEMES)}
-    for scheme in sorted({s.scheme for s in sequences}, key=lambda n: (order.get(n, len(order)), n)):
+    def rank(name):  # a baseline at the authors' defaults sorts beside the same scheme held equal
+        return order.get(name.removesuffix(AUTHORS_LABEL), len(order)), name
+    for scheme in sorted({s.scheme for s in sequences}, key=rank):
         group = [s for s in sequences if s.scheme == scheme]
         inputs = list({f.sha256: f for s in group for f in (s.frames[0], s.frames[-1])}.values())
         reference = inception.vectors(inputs)

@@ -8,13 +8,13 @@ from ldm.runtime import Parser, run
 from pose.errors import PoseError
 
 from .options import add_studio_args, from_run, parse
-from .run import make
+from .run import Interrupted, make
 
 
 def main(argv=None):
     options = parse(argv)
     run(lambda: make(options), errors=(UserError, PoseError),
-        interrupted=f"interrupted: run the same command again to resume ({options.out} keeps the finished frames)")
+        interrupted=Interrupted(options.out))  # says whether there are finished frames to resume from
 
 
 def studio_main(argv=None):

@@ -1,7 +1,8 @@
 """The command line of `interpolate` (and the rows of `interp-batch`): parsed once into `Options`, which hold
 the method's `interp.Settings`, the networks' `interp.ModelFiles`, and what only the command has (where the run
 folder goes, the studio, re-timing, fetching). The options that change the frames default to the method's own
-defaults (`interp.Settings`); `--preview` takes `Settings.preview()`'s values for those not given.
+defaults (`interp.Settings`); `--preset NAME` (and `--preview`) takes a profile's values for those not given, and
+`--baselines authors` a Table 1 baseline's own defaults in the authors' code.
 """
 import argparse
 import dataclasses
@@ -17,7 +18,8 @@ from ..metrics.measure import SPACES, FeatureFiles, add_feature_args
 from ..models import ModelFiles
 from ..schedules import SCHEDULES
 from ..schemes import ALIASES, SCHEMES
-from ..settings import PREVIEW, Settings
+from ..schemes import scheme as find_scheme
+from ..settings import BASELINE_DEFAULTS, PRESETS, Settings
 from ..warp import Warp
 
 DEFAULTS = Settings()
@@ -43,6 +45,7 @@ class Options:
     host: str = "127.0.0.1"
     port: int = 0
     retime: str = None
+    baselines: str = "equal"  # "authors": the Table 1 baselines at their own defaults in the authors' code
 
     def replace(self, settings: dict = None, files: dict = None, **changes) -> "Options":
         """These options with `changes`, and fields of the settings and the files changed."""
@@ -56,7 +59,7 @@ class Options:
                 "clip_config": f.clip_config, "pose_model": None if f.openpose == ModelFiles.openpose else list(f.openpose),
                 "poses": self.poses, "config": f.config, "prediction": f.prediction,
                 "device": f.device.split(":")[0],  # the kind of device, not which one of them
-                "dtype": f.dtype}
+                "dtype": f.dtype, "baselines": self.baselines}
 
 
 def _floats(text: str) -> tuple:
@@ -143,16 +146,20 @@ def parser(cls=Parser) -> argparse.ArgumentParser:
     run = p.add_argument_group("the run")
     run.add_argument("--prompt", required=True, help="describes both images (the start of textual inversion)")
     run.add_argument("--prompt-b", default=None, help="a different prompt for the second image")
-    run.add_argument("--negative", default=d.negative, help="negative prompt, shared by both images (default: none)")
+    run.add_argument("--negative", default=d.negative, help="negative prompt, shared by both images (the terms most "
+                     "of the authors' negative prompts share)")
     run.add_argument("--frames", type=number(int, 3), default=d.frames,
                      help="frames from one image to the next, both included")
     run.add_argument("--out", default="interpolation", help="output folder (resumed if it holds the same run)")
     run.add_argument("--overwrite", action="store_true", help="start afresh even if --out holds another run")
-    run.add_argument("--preview", action="store_true",
-                     help="a quick look on a CPU: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in PREVIEW.items())
-                          + " unless given")
-    run.add_argument("--size", default=None, help="W or WxH (default: the first image's aspect ratio at the model's "
-                     "native size, long side native, short side a multiple of 64)")
+    run.add_argument("--preset", choices=list(PRESETS), default=None,
+                     help="a profile of settings, each unless given: " + "; ".join(
+                         f"{name}: " + " ".join(f"--{k.replace('_', '-')} {_shown(v)}" for k, v in values.items())
+                         for name, values in PRESETS.items()) + " (authors: their most common script)")
+    run.add_argument("--preview", action="store_true", help="--preset preview: a quick look on a CPU")
+    run.add_argument("--size", default=d.size, help="W or WxH (default: the first image's aspect ratio with a long side "
+                     "of 768 as the authors' scripts, or the model's native size where larger; short side a multiple "
+                     "of 64)")
     run.add_argument("--fit", choices=("resize", "crop"), default=d.fit,
                      help="how both images are brought to the frame size: resize the whole picture (as the authors), "
                           "or centre-crop to the frame's aspect ratio first")
@@ -173,7 +180,7 @@ def parser(cls=Parser) -> argparse.ArgumentParser:
     method = p.add_argument_group("the method (Sections 4.1 and 5.1)")
     method.add_argument("--scheme", choices=[*SCHEMES, *ALIASES], default=d.scheme,
                         help="ours, or a baseline of Table 1 (latent-blending = did)")
-    method.add_argument("--steps", type=number(int, 1, 1000), default=None, help=f"DDIM schedule length (full: {d.steps})")
+    method.add_argument("--steps", type=number(int, 1, 1000), default=d.steps, help="DDIM schedule length")
     levels = method.add_mutually_exclusive_group()
     levels.add_argument("--levels", type=_range, default=d.levels,
                         help="noise levels: LOW,HIGH fractions of the schedule, linear over the rounds (the paper's "
@@ -185,6 +192,13 @@ def parser(cls=Parser) -> argparse.ArgumentParser:
     method.add_argument("--eta", type=number(float, 0, 1), default=d.eta, help="DDIM eta (0: deterministic)")
     method.add_argument("--schedule", type=_schedule, default=d.schedule,
                         help="interpolation schedule (Section 5.2): uniform, ease, or F comma-separated positions from 0 to 1")
+    method.add_argument("--text", choices=("slerp", "lerp"), default=d.text,
+                        help="how the text embeddings are interpolated between the images")
+    method.add_argument("--baselines", choices=("equal", "authors"), default="equal",
+                        help="Table 1's baselines with everything else held equal to ours, or each at its own defaults "
+                             "in the authors' cm.py (" + "; ".join(
+                                 f"{name}: " + ", ".join(f"--{k.replace('_', '-')} {_shown(v)}" for k, v in values.items())
+                                 for name, values in BASELINE_DEFAULTS.items()) + "), each unless given")
     method.add_argument("--warp", type=_warp, default=None,
                         help="affine latent motion (Section 5.2), e.g. zoom=1.5,center=0.5:0.4,pan=0.1:0,rotate=10")
 
@@ -196,13 +210,14 @@ def parser(cls=Parser) -> argparse.ArgumentParser:
     add_feature_args(timing, clip=False)  # the clip space uses --clip
 
     text = p.add_argument_group("textual inversion (Section 4.2)")
-    text.add_argument("--inversion-steps", type=number(int, 0), default=None, help="iterations, each updating both images' "
-                      f"embeddings and the shared negative (full: {d.inversion_steps}; 0: off)")
+    text.add_argument("--inversion-steps", type=number(int, 0), default=d.inversion_steps, help="iterations, each "
+                      "updating both images' embeddings and the shared negative (0: off)")
     text.add_argument("--inversion-lr", type=number(float, 0, low_open=True), default=d.inversion_lr, help="Adam learning rate")
 
     pose_group = p.add_argument_group("pose guidance (Section 4.3)")
-    pose_group.add_argument("--pose", action=argparse.BooleanOptionalAction, default=d.pose,
-                            help="pose guidance with OpenPose + ControlNet")
+    pose_group.add_argument("--pose", action=argparse.BooleanOptionalAction, default=None,
+                            help="pose guidance with OpenPose + ControlNet (default: on when --poses gives keypoints, "
+                                 "else off, as in 19 of the authors' 24 scripts)")
     pose_group.add_argument("--poses", nargs="+", metavar="JSON", default=None,
                             help="keypoints of every image (one file each) from `pose-detect --json` on the "
                                  "original images")
@@ -214,8 +229,8 @@ def parser(cls=Parser) -> argparse.ArgumentParser:
                             help="ControlNet strength at the inputs and at the middle frame (linear ramp)")
 
     rank = p.add_argument_group("candidates and CLIP ranking (Section 4.4)")
-    rank.add_argument("--candidates", type=_candidates, default=None,
-                      help="candidates per frame (ours schemes only): K, or 'auto' = 8, 7, ... (at least 3) by round (full: auto)")
+    rank.add_argument("--candidates", type=_candidates, default=d.candidates,
+                      help="candidates per frame (ours schemes only): K, or 'auto' = 8, 7, ... (at least 3) by round")
     rank.add_argument("--rank-positive", default=d.rank_positive, help="CLIP prompt a good frame is close to (chosen for "
                       "photographs; the paper's example for its cartoon pair: 'high quality, detailed, 2D')")
     rank.add_argument("--rank-negative", default=d.rank_negative, help="CLIP prompt a good frame is far from (the paper's "
@@ -225,6 +240,23 @@ def parser(cls=Parser) -> argparse.ArgumentParser:
 
     add_model_args(p.add_argument_group("the model"))
     return p
+
+
+def _shown(value) -> str:
+    """A value as the command line spells it."""
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return f"'{value}'" if isinstance(value, str) and " " in value else str(value)
+
+
+def _given(cls, argv) -> set:
+    """The options the command line gives (not their defaults)."""
+    probe = parser(cls)
+    for action in probe._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(probe.parse_args(argv)))
 
 
 def parse(argv=None, cls=Parser) -> Options:
@@ -240,9 +272,16 @@ def parse(argv=None, cls=Parser) -> Options:
     if args["retime"] and (len(args["images"]) > 2 or args["interactive"]):
         p.error("--retime is for a run of two images without --interactive (re-time a chain's segments, or a "
                 "steered run, with interp-retime)")
-    for key, value in PREVIEW.items():  # given, else the preview's or the method's default
-        if args[key] is None:
-            args[key] = value if args["preview"] else getattr(DEFAULTS, key)
+    if args["preview"] and args["preset"] not in (None, "preview"):
+        p.error(f"--preview is --preset preview: give one of --preview and --preset {args['preset']}")
+    given = _given(cls, argv)
+    profiles = [PRESETS["preview" if args["preview"] else args["preset"]]] if args["preview"] or args["preset"] else []
+    if args["baselines"] == "authors":
+        profiles.append(BASELINE_DEFAULTS.get(find_scheme(args["scheme"]).name, {}))
+    for values in profiles:  # a profile's value unless the option is given; a later profile wins
+        args.update({k: v for k, v in values.items() if k not in given})
+    if args["pose"] is None:
+        args["pose"] = args["poses"] is not None or DEFAULTS.pose
     files = ModelFiles(sd=args["ckpt"], controlnet=args["controlnet"], clip=args["clip"], clip_config=args["clip_config"],
                        openpose=tuple(args["pose_model"] or ModelFiles.openpose), config=args["config"],
                        prediction=args["prediction"], device=args["device"], dtype=args["dtype"], compile=args["compile"])
@@ -250,7 +289,7 @@ def parse(argv=None, cls=Parser) -> Options:
     return Options(images=tuple(args["images"]), settings=Settings(**{k: args[k] for k in METHOD}), files=files,
                    poses=None if args["poses"] is None else tuple(args["poses"]), features=features,
                    **{k: args[k] for k in ("out", "overwrite", "preview", "fps", "fetch_only", "interactive", "host",
-                                           "port", "retime")})
+                                           "port", "retime", "baselines")})
 
 
 def from_run(folder, **changes) -> Options:

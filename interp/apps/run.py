@@ -7,9 +7,12 @@ found (or downloaded) and every option checked before anything slow; the studio 
 more than two images make a chain (interp/apps/chain.py); and `--retime` makes the sequence again at
 perceptually even positions (Section 5.2).
 """
+import glob
 import json
 import os
+import shutil
 import sys
+from pathlib import Path
 
 import torch
 
@@ -93,12 +96,42 @@ class Progress:
             self.studio.progress(step, total)
 
 
+def created_by_us(path) -> "str | None":
+    """The topmost folder of `path` that does not exist yet (so that a run that makes it and is refused before
+    its first frame removes what it made, and only that); None when `path` exists."""
+    made = [p for p in (os.path.abspath(path), *Path(os.path.abspath(path)).parents) if not os.path.lexists(p)]
+    return os.fspath(made[-1]) if made else None
+
+
+def remove_made(folder) -> None:
+    """Remove `folder`, which this run made and which holds no finished frame (`created_by_us`)."""
+    if folder is not None and os.path.isdir(folder) and not os.path.islink(folder):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+class Interrupted:
+    """What `interpolate` says on Ctrl-C, true to what the run left in `out` (read when it is said)."""
+
+    def __init__(self, out):
+        self.out = os.fspath(out)
+
+    def __str__(self) -> str:
+        where = glob.escape(self.out)
+        if any(glob.glob(os.path.join(where, *sub, "frames", "frame_*.png")) for sub in ((), ("*",))):
+            return f"interrupted: run the same command again to resume ({self.out} keeps the finished frames)"
+        return "interrupted before the first frame was finished, so there is nothing to resume: run the same " \
+               "command again to start over"
+
+
 def make_pair(o: Options, models: Models) -> RunDir:
+    """The run of two images in `o.out`. Everything that can refuse it (files, checkpoints, frame size, options)
+    is checked before the folder is made; a folder this run made is removed again when the run stops before its
+    first frame; a finished run of the same settings is left as it is."""
     plan, raw = check(o)
     if not o.fetch_only:
-        check_writable(o.out, "--out", folder=True)
+        check_writable(o.out, "--out", folder=True, keep=False)
         if plan.scheme.denoises and o.settings.inversion_steps > 0:
-            check_writable(inversion.cache_dir(), "inversion cache ($SD_INTERP_CACHE)", folder=True)
+            check_writable(inversion.cache_dir(), "inversion cache ($SD_INTERP_CACHE)", folder=True, keep=False)
     # Every file is found (or downloaded) before anything slow runs, and all missing ones are named at once.
     wanted = o.files.needed(o.settings, keypoints_given=o.poses is not None)
     resolved = iter(weights.resolve_all([want for wants in wanted.values() for want in wants]))
@@ -107,12 +140,32 @@ def make_pair(o: Options, models: Models) -> RunDir:
         for role, found in paths.items():
             print(f"{role}: {', '.join(map(str, found))}")
         return None
-    job = Pipeline.from_files(o.files.resolved(paths), models).prepare(*raw, o.settings, keypoints=o.poses,
-                                                                        names=o.images)
-    for warning in job.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    notes = ["video: {2} ({1})".format(*video.codec(job.size))]  # a size no codec takes fails here, not at the end
-    out = RunDir(o.out, {**o.record(), **job.identity}, resume=not o.overwrite)
+    created = created_by_us(o.out)
+    saved = []  # frames this run wrote: once there is one, the folder is a run to resume, kept whatever happens
+    try:
+        pipe = Pipeline.from_files(o.files.resolved(paths), models)
+        job = pipe.prepare(*raw, o.settings, keypoints=o.poses, names=o.images)  # loads SD, checks the frame size
+        for warning in job.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        notes = ["video: {2} ({1})".format(*video.codec(job.size))]  # a size no codec takes fails here, not at the end
+        settings = {**o.record(), **job.identity}
+        if not o.overwrite and not o.interactive:
+            finished = RunDir.complete(o.out, settings, o.fps)
+            if finished is not None:
+                print(f"{o.out} already holds this run, complete: nothing to do (--overwrite makes it again)")
+                return finished
+        print(f"[interpolate] {notes[0]}", file=sys.stderr)
+        for role in wanted:  # every network loads (and a file that is not one is refused) before the folder is made
+            getattr(pipe, role)()
+        out = RunDir(o.out, settings, resume=not o.overwrite)
+        return _make(o, plan, job, out, notes, saved)
+    except BaseException:
+        if not saved:
+            remove_made(created)
+        raise
+
+
+def _make(o: Options, plan, job, out: RunDir, notes: list, saved: list) -> RunDir:
     out.record(scheme=job.scheme.name, ranks_candidates=job.scheme.ranks, inputs=list(o.images))
     steering = Steering(out.state.get("steering"), save=lambda record: out.record(steering=record))
     studio = open_studio(o, out, plan) if o.interactive else None
@@ -125,13 +178,17 @@ def make_pair(o: Options, models: Models) -> RunDir:
         out.record(inversion_losses=losses)
         out.save_embeddings(cond, uncond)
 
+    def save_frame(*args, **kwargs):
+        out.save_frame(*args, **kwargs)
+        saved.append(args[0])
+
     def finish(result):
         record = {k: v for k, v in result.record.items() if k not in ("frames", "candidates")}
         out.record(**{**record, "notes": record["notes"] + notes})
         out.finish(o.fps)
         return result
 
-    hooks = dict(on_frame=out.save_frame, on_candidates=out.save_candidates, on_progress=Progress(studio))
+    hooks = dict(on_frame=save_frame, on_candidates=out.save_candidates, on_progress=Progress(studio))
     try:
         result = finish(job.run(done, embeddings, choose=studio.chooser(steering) if studio else steering,
                                 on_embeddings=fitted, cache_inversion=True, **hooks))

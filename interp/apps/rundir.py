@@ -66,17 +66,10 @@ class RunDir:
     """One interpolation run on disk; `resume=True` keeps the finished frames of an identical run,
     `resume=False` deletes the previous run's files (only files of this layout) and starts over."""
 
+    unchanged = False  # opened by `complete`: a finished run left as it was
+
     def __init__(self, path, settings: dict, resume: bool = True):
-        self.path = os.fspath(path)
-        if not isinstance(settings, dict):
-            raise TypeError("settings must be a dict")
-        self.settings = normalise(settings)
-        count = self.settings.get("frames")
-        if not isinstance(count, int) or isinstance(count, bool) or count < 3:
-            raise UserError(f"the number of frames must be an integer >= 3 (the two inputs and at least one "
-                            f"in between), got {count!r}")
-        self.count = count
-        self.width = max(4, len(str(count - 1)))
+        self._name_files(path, settings)
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise UserError(f"{self.path} is a file, not a folder: choose another --out")
         for sub in ("frames", "latents", "candidates"):
@@ -92,6 +85,42 @@ class RunDir:
             self.state.update(status="running", resumed=previous.get("resumed", []) + [_now()])
             self.state.pop("finished", None)
         self._save_state()
+
+    def _name_files(self, path, settings: dict) -> None:
+        self.path = os.fspath(path)
+        if not isinstance(settings, dict):
+            raise TypeError("settings must be a dict")
+        self.settings = normalise(settings)
+        count = self.settings.get("frames")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 3:
+            raise UserError(f"the number of frames must be an integer >= 3 (the two inputs and at least one "
+                            f"in between), got {count!r}")
+        self.count = count
+        self.width = max(4, len(str(count - 1)))
+
+    @classmethod
+    def complete(cls, path, settings: dict, fps: float):
+        """The finished run of `settings` at `fps` in `path`, opened without writing anything (a rerun of a
+        finished run has nothing to do); None unless run.json says it is complete with these settings and
+        every frame and output is there."""
+        run = cls.__new__(cls)
+        run._name_files(path, settings)
+        try:
+            with open(os.path.join(run.path, "run.json"), encoding="utf-8") as f:
+                state = json.load(f)
+        except (OSError, ValueError):
+            return None
+        if not (isinstance(state, dict) and state.get("status") == "complete" and state.get("settings") == run.settings
+                and state.get("fps") == fps and isinstance(state.get("outputs"), dict)
+                and all(isinstance(state.get(k), dict) for k in ("frames", "candidates"))):
+            return None
+        run.state = state
+        outputs = state["outputs"].values()
+        if run.missing() or not all(isinstance(name, str) and os.path.isfile(os.path.join(run.path, name))
+                                    for name in outputs):
+            return None
+        run.unchanged = True
+        return run
 
     # --- file names -------------------------------------------------------------------------
 

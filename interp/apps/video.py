@@ -64,9 +64,32 @@ def codec(size: tuple) -> tuple:
                     f"({', '.join(c for c, _, _ in CODECS)}): choose a smaller or less elongated --size")
 
 
+# Matroska (WebM) elements FFmpeg fills with a random number: TrackUID and the tags' TagTrackUID (ID, size 8)
+RANDOM_UIDS = (b"\x73\xc5\x88", b"\x63\xc5\x88")
+CLUSTER = b"\x1f\x43\xb6\x75"  # the first frame's data: the header ends here
+
+
+def fixed_uids(data: bytes) -> bytes:
+    """A WebM file's bytes with its random track UIDs set to 1, so that the same frames give the same file."""
+    header_end = data.find(CLUSTER)
+    header = bytearray(data[:header_end if header_end >= 0 else len(data)])
+    for element in RANDOM_UIDS:
+        at = header.find(element)
+        while at >= 0:
+            header[at + 3:at + 11] = (1).to_bytes(8, "big")
+            at = header.find(element, at + 11)
+    return bytes(header) + data[len(header):]
+
+
 def write_video(path: str, fourcc: str, frames: list, fps: float) -> None:
-    """PIL frames as a video at `path`, every frame at the size of the first."""
+    """PIL frames as a video at `path`, every frame at the size of the first; a WebM's bytes depend on the
+    frames alone (`fixed_uids`)."""
     size = frames[0].size
     arrays = (np.asarray(im if im.size == size else im.resize(size)) for im in frames)
     if not _write(path, fourcc, arrays, fps, size):
         raise UserError(f"OpenCV could not write {path} ({fourcc})")
+    if path.endswith(".webm") or fourcc.startswith("VP"):
+        with open(path, "rb") as f:
+            data = f.read()
+        with open(path, "wb") as f:
+            f.write(fixed_uids(data))

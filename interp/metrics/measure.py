@@ -24,6 +24,8 @@ from ldm.load import weights
 from ldm.load.safetensors_io import SafetensorsFile, write
 from ldm.nets.inception import feature_statistics, frechet_distance
 
+from ..settings import BASELINE_DEFAULTS
+
 SPACES = {
     "inception": "Inception v3 pool features (FID's network), Euclidean distance; Table 1's PPL",
     "lpips-alex": "LPIPS v0.1 on AlexNet (the peers' smoothness measure)",
@@ -54,6 +56,9 @@ def parse_spaces(text: str) -> tuple:
         raise UserError(f"unknown feature space {', '.join(unknown) or repr(text)}: use {', '.join(SPACES)} "
                         "(several: comma-separated)")
     return names
+
+
+AUTHORS_LABEL = " (authors' defaults)"  # a baseline run with --baselines authors, beside the same scheme run equal
 
 
 @dataclass(frozen=True)
@@ -172,6 +177,8 @@ class Sequence:
             frames = tuple(Frame.of(os.path.join(folder, e["file"])) for e in entries)
             positions = tuple(float(e["position"]) for e in entries)
             scheme, inputs, key = state["scheme"], state["inputs"], "-".join(state["settings"]["input_sha256"])
+            if state["settings"].get("baselines") == "authors" and scheme in BASELINE_DEFAULTS:
+                scheme += AUTHORS_LABEL  # Table 1 as the authors ran it: the baseline at its own defaults
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise UserError(f"{folder} lacks part of its finished run ({type(e).__name__}: {e}): make it again "
                             "(its command with --overwrite) or leave it out") from None

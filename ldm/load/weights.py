@@ -6,6 +6,7 @@ URLs), its file name, the pinned sha256 (where known) and facts the tensors cann
 native image size).
 `fetch(name)` returns a verified local path, downloading with huggingface-hub on first use.
 """
+import errno
 import functools
 import hashlib
 import json
@@ -13,6 +14,7 @@ import os
 import re
 import socket
 import sys
+import urllib.error
 import urllib.parse
 from pathlib import Path
 
@@ -91,16 +93,24 @@ def _stamp(path: Path, sha256: str) -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def _reachable(url: str, timeout: float = 5.0) -> bool:
-    """Whether a TCP connection to the host of `url` opens (huggingface-hub retries an unreachable host for
-    about 20 s, printing each retry, before it gives up); probed once per process, not once per file."""
-    parts = urllib.parse.urlsplit(url)
+def _probe(host: str, port: int, timeout: float = 5.0):
+    """Why a TCP connection to host:port does not open (None: it opens)."""
     try:
-        socket.create_connection((parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)),
-                                 timeout).close()
-        return True
-    except OSError:
-        return False
+        socket.create_connection((host, port), timeout).close()
+        return None
+    except OSError as e:
+        return _no_connection(e)
+
+
+def _host(url: str) -> tuple:
+    parts = urllib.parse.urlsplit(url)
+    return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def _reachable(url: str) -> bool:
+    """Whether a TCP connection to the host of `url` opens (huggingface-hub retries an unreachable host for
+    about 20 s, printing each retry, before it gives up); probed once per host and process, not once per file."""
+    return _probe(*_host(url)) is None
 
 
 def _lfs_sha256(etag):
@@ -108,40 +118,173 @@ def _lfs_sha256(etag):
     return etag if etag and re.fullmatch(r"[0-9a-f]{64}", etag) else None
 
 
-def _source(mirror: dict) -> str:
-    """Where a mirror serves the file: `repo/path` on the Hugging Face Hub, or a plain HTTPS `url` (files
-    published outside the Hub, e.g. torchvision's and pytorch-fid's)."""
-    return mirror.get("url") or f"{mirror['repo']}/{mirror['path']}"
+def _url(mirror: dict) -> str:
+    """The URL a mirror serves the file at, one a person can open: a Hugging Face Hub mirror's
+    `<endpoint>/<repo>/resolve/<revision>/<path>` (the catalog may pin a `revision`; else main), or the plain
+    HTTPS `url` of a file published outside the Hub (e.g. torchvision's and pytorch-fid's)."""
+    if "url" in mirror:
+        return mirror["url"]
+    from huggingface_hub import hf_hub_url
+    return hf_hub_url(mirror["repo"], mirror["path"], revision=mirror.get("revision"))
+
+
+# Why a mirror failed: a kind (what the message's line on the network is made of) and a few words. FAILED: the
+# server answered, but not with the file (an HTTP error, a lost connection); OTHER: an error that says neither.
+OFFLINE, OFFLINE_MODE, NOT_FOUND, CHECKSUM, FAILED, OTHER, NOT_TRIED = (
+    "offline", "offline mode", "not found", "checksum", "failed", "other", "not tried")
+
+
+def _causes(e):
+    """`e` and the exceptions under it (raised from, or while handling; a urllib URLError's reason)."""
+    seen = []
+    while isinstance(e, BaseException) and e not in seen and len(seen) < 16:
+        seen.append(e)
+        reason = getattr(e, "reason", None) if isinstance(e, urllib.error.URLError) else None
+        e = reason if isinstance(reason, BaseException) else e.__cause__ or e.__context__
+    return seen
+
+
+def _names(e) -> set:
+    return {c.__name__ for c in type(e).__mro__}
+
+
+def _no_connection(e):
+    """A few words on why no connection opened, if that is what `e` (or an exception under it) says, else None:
+    socket errors, huggingface-hub's offline mode and the connection errors of httpx, requests/urllib3 and
+    urllib (each wraps the socket's error, which the words come from when it is there)."""
+    causes = _causes(e)
+    names = set().union(*map(_names, causes))
+    if "OfflineModeIsEnabled" in names:
+        return "HF_HUB_OFFLINE is set"
+    if names & {"ReadTimeout", "ReadTimeoutError", "WriteTimeout", "PoolTimeout"}:
+        return None  # connected, but no answer in time
+    for c in reversed(causes):  # the innermost says the most
+        if isinstance(c, socket.gaierror) or "NameResolutionError" in _names(c):
+            return "no connection: host name not resolved"
+        if isinstance(c, ConnectionRefusedError):
+            return "no connection: refused"
+        if "SSLError" in _names(c):
+            return "no connection: TLS failed (a proxy?)"
+        if isinstance(c, OSError) and c.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN):
+            return "no connection: network unreachable"
+        if isinstance(c, TimeoutError) or _names(c) & {"ConnectTimeout", "ConnectTimeoutError"}:
+            return "no connection: timed out"
+    if any(_names(c) & {"ConnectError", "ConnectionError", "NewConnectionError", "ProxyError", "URLError"}
+           and not _status(c) for c in causes):
+        return "no connection"
+    return None
+
+
+def _status(e):
+    """The HTTP status an exception carries (huggingface-hub's, httpx's and requests' errors keep the
+    response; urllib's HTTPError is one), else None."""
+    if isinstance(e, urllib.error.HTTPError):
+        return e.code
+    try:
+        status = getattr(getattr(e, "response", None), "status_code", None)
+    except Exception:  # httpx raises where an error has no response
+        return None
+    return status if isinstance(status, int) and 100 <= status < 600 else None
+
+
+def _why(e) -> tuple:
+    """(kind, a few words) for an exception raised while asking a mirror for a file (or while downloading it)."""
+    causes = _causes(e)
+    names = set().union(*map(_names, causes))
+    status = next(filter(None, map(_status, causes)), None)
+    if "GatedRepoError" in names:
+        return FAILED, "gated: accept its terms on that page, then `hf auth login`"
+    words = None if status else _no_connection(e)
+    if words:
+        return (OFFLINE_MODE if "HF_HUB_OFFLINE" in words else OFFLINE), words
+    if names & {"RepositoryNotFoundError", "RevisionNotFoundError", "EntryNotFoundError"} or status in (404, 410):
+        return NOT_FOUND, "not found on that mirror" + (f", HTTP {status}" if status else "")
+    if status in (401, 403):
+        return FAILED, f"access refused (HTTP {status})"
+    if status:
+        return FAILED, (f"HTTP {status}, try again later" if status == 429 or status >= 500 else f"HTTP {status}")
+    if "Timeout" in " ".join(names) or isinstance(e, TimeoutError):
+        return FAILED, "no answer in time"
+    detail = str(e).strip().splitlines()[0][:80] if str(e).strip() else ""
+    return OTHER, type(e).__name__ + (f": {detail}" if detail else "")
+
+
+def _network(kinds) -> str:
+    """The message's line on the network, from the kinds of every mirror's failure."""
+    kinds = set(kinds) - {NOT_TRIED}
+    if not kinds:
+        return ""
+    if OFFLINE_MODE in kinds:
+        return "offline: huggingface-hub's offline mode is on (HF_HUB_OFFLINE is set), so no mirror was asked"
+    if kinds == {OFFLINE}:
+        return "the network could not be reached (offline?)"
+    if OFFLINE in kinds:
+        return "some mirrors could not be reached (offline, or a firewall or proxy?)"
+    if kinds == {NOT_FOUND}:
+        return "the network was reachable, but no mirror has the file"
+    if kinds & {NOT_FOUND, CHECKSUM, FAILED}:
+        return "the network was reachable, but no mirror served a good copy"
+    return "no mirror could be used"
+
+
+class DownloadFailed(UserError):
+    """A catalog file that is not here and could not be downloaded: its name, size and destination, and each
+    mirror's URL (one a person can open) with why it failed there; `tried` is [(url, kind, words)]."""
+
+    def __init__(self, entry: dict, dest: Path, tried: list):
+        self.entry, self.dest, self.tried = entry, Path(dest), tried
+        if not self.attempted():
+            where = "from " + " or ".join(url for url, _, _ in tried)
+            if all(kind == NOT_TRIED for _, kind, _ in tried):  # fetch(download=False)
+                super().__init__(f"{self.dest} is missing: download {entry['file']} ({_size(entry)}) {where} "
+                                 f"into {self.dest.parent}")
+                return
+        else:
+            where = "from " + ("one of those" if len(tried) > 1 else "there")
+        network = _network(kind for _, kind, _ in tried)
+        super().__init__(f"could not download {entry['file']} ({_size(entry)}); {network}"
+                         f"{': ' + self.mirrors() if self.attempted() else ''}. Download it by hand {where} and put "
+                         f"it at {self.dest}")
+
+    def attempted(self) -> bool:
+        """Whether any mirror was asked (not so in huggingface-hub's offline mode, or without downloads)."""
+        return any(kind not in (NOT_TRIED, OFFLINE_MODE) for _, kind, _ in self.tried)
+
+    def mirrors(self) -> str:
+        """`tried URL (why), URL (why)`, or `from URL or URL` where no mirror was asked."""
+        if not self.attempted():
+            return "from " + " or ".join(url for url, _, _ in self.tried)
+        return "tried " + ", ".join(f"{url} ({words})" for url, _, words in self.tried)
 
 
 def _download(entry: dict, dest: Path) -> None:
     """Download `entry` to `dest` from the first mirror that serves it with the right sha256 (the pinned
     one, else the Hub's own LFS sha256; a `sha256_prefix` is the 8 digits a file's published name carries).
     The bytes go to `<dest>.<etag>.part` first; an interrupted download (Ctrl-C, a lost connection, a killed
-    process) leaves that file, and the next try resumes it with an HTTP Range request."""
+    process) leaves that file, and the next try resumes it with an HTTP Range request. Where no mirror serves
+    it, a DownloadFailed says why each failed and whether the network could be reached."""
     try:
-        from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+        from huggingface_hub import constants, get_hf_file_metadata
         from huggingface_hub.file_download import http_get
         from huggingface_hub.utils import build_hf_headers
     except ImportError:  # pragma: no cover - huggingface-hub is a declared dependency
         raise UserError("huggingface-hub is not installed: pip install huggingface-hub") from None
     from tqdm import tqdm
-    by_hand = f"download it by hand ({', '.join(map(_source, entry['mirrors']))}) and put it at {dest}"
     if constants.HF_HUB_OFFLINE:
-        raise UserError(f"could not download {entry['file']} (HF_HUB_OFFLINE is set): {by_hand}")
-    errors = []
+        raise DownloadFailed(entry, dest, [(_url(m), OFFLINE_MODE, "HF_HUB_OFFLINE is set")
+                                           for m in entry["mirrors"]])
+    tried = []
     for mirror in entry["mirrors"]:
         hub = "url" not in mirror
-        url = hf_hub_url(mirror["repo"], mirror["path"]) if hub else mirror["url"]
-        name = mirror["repo"] if hub else urllib.parse.urlsplit(url).hostname
+        url = _url(mirror)
         if not _reachable(constants.ENDPOINT if hub else url):
-            errors.append(f"{name} cannot be reached (offline?)")
+            tried.append((url, OFFLINE, _probe(*_host(constants.ENDPOINT if hub else url)) or "no connection"))
             continue
         token = None if hub else False  # the user's Hugging Face token goes to the Hub only
         try:
             meta = get_hf_file_metadata(url, token=token)
-        except Exception as e:  # gated, removed, a server error: try the next mirror
-            errors.append(f"{name}: {type(e).__name__}")
+        except Exception as e:  # gated, removed, a server error, no connection: try the next mirror
+            tried.append((url, *_why(e)))
             continue
         expected = entry.get("sha256") or (_lfs_sha256(meta.etag) if hub else None)
         part = dest.with_name(f"{dest.name}.{(meta.etag or 'no-etag')[:16]}.part")
@@ -157,10 +300,15 @@ def _download(entry: dict, dest: Path) -> None:
             with open(part, "ab") as f:
                 # a progress bar even when stderr is not a terminal (huggingface-hub's own shows on terminals only)
                 http_get(meta.location, f, resume_size=done, headers=build_hf_headers(token=token),
-                         expected_size=meta.size, displayed_filename=_source(mirror).rsplit("/", 1)[-1],
+                         expected_size=meta.size, displayed_filename=(mirror.get("path") or url).rsplit("/", 1)[-1],
                          tqdm_class=tqdm)
         except Exception as e:  # the part file stays, for the next try to resume
-            errors.append(f"{name}: {type(e).__name__} (run again to resume)")
+            kind, words = _why(e)
+            if kind != NOT_FOUND:  # the server answered: not an offline machine
+                kept = part.stat().st_size if part.exists() else 0
+                kind, words = FAILED, (f"{'connection lost' if kind == OFFLINE else words} after {kept / 1e6:.1f} MB, "
+                                       "run again to resume")
+            tried.append((url, kind, words))
             continue
         actual = sha256_of(part)
         wrong = None
@@ -170,12 +318,12 @@ def _download(entry: dict, dest: Path) -> None:
             wrong = f"not one starting with {entry['sha256_prefix']}"
         if wrong:  # never put a wrong file in place
             part.unlink()
-            errors.append(f"{name} served sha256 {actual}, {wrong}")
+            tried.append((url, CHECKSUM, f"served sha256 {actual}, {wrong}"))
             continue
         part.replace(dest)
         _stamp(dest, actual)
         return
-    raise UserError(f"could not download {entry['file']} ({'; '.join(errors)}): {by_hand}")
+    raise DownloadFailed(entry, dest, tried)
 
 
 def fetch(name: str, download: bool = True) -> Path:
@@ -187,8 +335,7 @@ def fetch(name: str, download: bool = True) -> Path:
     dest = weights_dir() / entry["file"]
     if not dest.exists():
         if not download:
-            raise UserError(f"{dest} is missing: download {entry['file']} from "
-                            f"{_source(entry['mirrors'][0])} into {dest.parent}")
+            raise DownloadFailed(entry, dest, [(_url(m), NOT_TRIED, "not tried") for m in entry["mirrors"]])
         dest.parent.mkdir(parents=True, exist_ok=True)
         _download(entry, dest)
     _verify(dest, entry)
@@ -225,7 +372,8 @@ def _size(entry: dict) -> str:
 def resolve_all(wanted: list, download: bool = True) -> list:
     """Local paths for [(path or catalog name, kind), ...]: every request is checked first, then the
     missing catalog files are downloaded one after another; whatever could not be had is reported in one
-    message (names, sizes and where to put them), so a user learns of every missing file at once."""
+    message (names, sizes, where to put them, each mirror's URL and why it failed, and whether the network could
+    be reached), so a user learns of every missing file at once."""
     entries = catalog()
     checked = [_check(w, kind, entries) for w, kind in wanted]
     fetched, failed = {}, []
@@ -237,10 +385,12 @@ def resolve_all(wanted: list, download: bool = True) -> list:
     if len(failed) == 1:
         raise failed[0][1]
     if failed:
-        listed = "; ".join(f"{name} ({entries[name]['file']}, {_size(entries[name])}, from "
-                           f"{_source(entries[name]['mirrors'][0])})" for name, _ in failed)
-        raise UserError(f"{len(failed)} files are missing and could not be downloaded: {listed}. Download them "
-                        f"into {weights_dir()} (or set $SD_INTERP_WEIGHTS)")
+        network = _network(kind for _, e in failed if isinstance(e, DownloadFailed) for _, kind, _ in e.tried)
+        listed = "; ".join(f"{name}: {e.entry['file']} ({_size(e.entry)}), {e.mirrors()}"
+                           if isinstance(e, DownloadFailed) else f"{name}: {e}" for name, e in failed)
+        network = f"; {network}" if network else ""
+        raise UserError(f"{len(failed)} files are missing and could not be downloaded{network}. {listed}. Download "
+                        f"each from one of its URLs into {weights_dir()} (or set $SD_INTERP_WEIGHTS to another folder)")
     return [fetched[c] if isinstance(c, str) else c for c in checked]
 
 
