@@ -47,7 +47,7 @@ class Settings:
     # the text (Sections 4.1 and 4.2)
     prompt: str = ""
     prompt_b: str = None            # a different prompt for the second image (None: `prompt`)
-    negative: str = NEGATIVE_PROMPT # shared by both images
+    negative: str = NEGATIVE_PROMPT  # shared by both images
     # the sequence (Section 4.1)
     frames: int = 17                # the whole sequence, both inputs included
     size: object = None             # "W", "WxH", W or (W, H); None: the first image's aspect, long side LONG_SIDE
