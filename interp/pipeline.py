@@ -18,6 +18,7 @@ Nothing is written or printed: hooks receive what a caller keeps or shows (`on_f
 `on_embeddings`, `on_progress`, which stops the run between two steps by returning False).
 """
 import dataclasses
+import functools
 import hashlib
 import os
 import time
@@ -148,22 +149,22 @@ class Pipeline:
     def chain(self, images: list, settings: Settings = None, keypoints=None, **kwargs) -> list:
         """One sequence through three or more images: a Result per consecutive pair, all at the first pair's
         frame size (the frame where two pairs meet is the image itself, the last of one and the first of the next)."""
+        run_args = {k: kwargs.pop(k) for k in RUN_ARGS if k in kwargs}
+        settings = dataclasses.replace(settings or Settings(), **kwargs)
         results = []
         for k in range(len(images) - 1):
             pair = None if keypoints is None else keypoints[k:k + 2]
-            s = chain_segment(settings or Settings(), results[0].size if results else None, **{
-                key: v for key, v in kwargs.items() if key not in RUN_ARGS})
-            results.append(self(images[k], images[k + 1], s, pair, **{key: v for key, v in kwargs.items() if key in RUN_ARGS}))
+            s = chain_segment(settings, results[0].size if results else None)
+            results.append(self(images[k], images[k + 1], s, pair, **run_args))
         return results
 
 
-def chain_segment(settings: Settings, first_size, **changes) -> Settings:
+def chain_segment(settings: Settings, first_size) -> Settings:
     """The settings of a chain's pair: those given, at the frame size of the chain's first pair (`first_size`;
     None for the first pair itself) unless a size is given: one frame size for the whole sequence."""
-    s = dataclasses.replace(settings, **changes)
-    if first_size is not None and s.size is None:
-        s = dataclasses.replace(s, size=tuple(first_size))
-    return s
+    if first_size is not None and settings.size is None:
+        return dataclasses.replace(settings, size=tuple(first_size))
+    return settings
 
 
 # keyword arguments of `Interpolation.run` (the others of `Pipeline.__call__` are settings)
@@ -185,8 +186,9 @@ class Interpolation:
         if keypoints is not None:
             keypoints = [read_keypoints(k, im.size) if isinstance(k, (str, os.PathLike)) else k for k, im in zip(keypoints, raw)]
         self.sd = pipeline.sd()
-        self.size = settings.requested_size() or frame_size(raw[0].size, max(self.sd.config.image_size, LONG_SIDE))
-        check_frame_size(settings.size, self.sd.config.image_size, frame=self.size)  # sizes it was trained for
+        native = self.sd.config.image_size
+        # the size asked for, else the first image's aspect at LONG_SIDE; both checked against what the model takes
+        self.size = check_frame_size(settings.size, native, frame=frame_size(raw[0].size, max(native, LONG_SIDE)))
         self.placements = [placement(im.size, self.size, settings.fit) for im in raw]
         self.images = [pl.image(im) for pl, im in zip(self.placements, raw)]
         self.size = self.images[0].size
@@ -196,11 +198,16 @@ class Interpolation:
         self.record = {"scheme": self.scheme.name, "ranks_candidates": self.scheme.ranks}
         self.runner = self.latents = None
 
+    @functools.cached_property
+    def checkpoint(self) -> str:
+        """The model's identity (`ldm.load.weights.fingerprint`), read once."""
+        return weights.fingerprint(self.sd.path)
+
     @property
     def identity(self) -> dict:
         """What the frames depend on beyond the settings: the frame size, the inputs as placed, the model."""
         return {"size": list(self.size), "input_sha256": [_sha(im) for im in self.images],
-                "checkpoint": weights.fingerprint(self.sd.path), "prediction": self.sd.config.prediction,
+                "checkpoint": self.checkpoint, "prediction": self.sd.config.prediction,
                 "dtype": str(self.sd.dtype)}
 
     # --- conditioning, found once ------------------------------------------------------------------
@@ -242,7 +249,7 @@ class Interpolation:
             else:
                 fit = dict(steps=s.steps, iterations=s.inversion_steps, lr=s.inversion_lr, guidance=s.cfg, seed=s.seed)
                 if cache:  # on disk, by a key of everything the result depends on
-                    model = {"checkpoint": weights.fingerprint(sd.path), "prediction": sd.config.prediction,
+                    model = {"checkpoint": self.checkpoint, "prediction": sd.config.prediction,
                              "dtype": str(sd.dtype), "device": sd.device.type}
                     key = inversion.cache_key(x, s.prompts, s.negative, model, **fit)
                     cond, uncond, losses = inversion.cached_invert(sd, x.to(sd.device), cond, uncond, key, **fit,

@@ -15,6 +15,12 @@ def user_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sd-interp"
 
 
+def missing_folders(path) -> list:
+    """The folders of `path` (itself included) that do not exist yet, deepest first."""
+    whole = Path(os.path.abspath(path))
+    return [p for p in (whole, *whole.parents) if not os.path.lexists(p)]
+
+
 def check_writable(path, option: str, folder: bool = False, keep: bool = True) -> None:
     """A UserError naming `option` unless `path` (a file, or with `folder` a folder) can be written: its
     folder is made and a probe file written and removed there. Commands call it before anything slow. With
@@ -23,8 +29,7 @@ def check_writable(path, option: str, folder: bool = False, keep: bool = True) -
     where = Path(path) if folder else Path(path).parent
     if where.exists() and not where.is_dir():
         raise UserError(f"cannot write to {where}: it is a file, not a folder: choose another {option}")
-    whole = Path(os.path.abspath(where))
-    made = [p for p in (whole, *whole.parents) if not os.path.lexists(p)]  # deepest first
+    made = missing_folders(where)
     probe = where / f".write-probe-{os.getpid()}"
     try:
         where.mkdir(parents=True, exist_ok=True)

@@ -12,12 +12,11 @@ import json
 import os
 import shutil
 import sys
-from pathlib import Path
 
 import torch
 
 from ldm.errors import UserError
-from ldm.files import check_writable
+from ldm.files import check_writable, missing_folders
 from ldm.images import open_image, to_pil
 from ldm.load import weights
 from ldm.load.model import check_device, resolve_dtype
@@ -96,15 +95,8 @@ class Progress:
             self.studio.progress(step, total)
 
 
-def created_by_us(path) -> "str | None":
-    """The topmost folder of `path` that does not exist yet (so that a run that makes it and is refused before
-    its first frame removes what it made, and only that); None when `path` exists."""
-    made = [p for p in (os.path.abspath(path), *Path(os.path.abspath(path)).parents) if not os.path.lexists(p)]
-    return os.fspath(made[-1]) if made else None
-
-
 def remove_made(folder) -> None:
-    """Remove `folder`, which this run made and which holds no finished frame (`created_by_us`)."""
+    """Remove `folder`, which this run made and which holds no finished frame."""
     if folder is not None and os.path.isdir(folder) and not os.path.islink(folder):
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -140,7 +132,7 @@ def make_pair(o: Options, models: Models) -> RunDir:
         for role, found in paths.items():
             print(f"{role}: {', '.join(map(str, found))}")
         return None
-    created = created_by_us(o.out)
+    created = (missing_folders(o.out) or [None])[-1]  # the topmost folder this run will make
     saved = []  # frames this run wrote: once there is one, the folder is a run to resume, kept whatever happens
     try:
         pipe = Pipeline.from_files(o.files.resolved(paths), models)
