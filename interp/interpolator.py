@@ -6,6 +6,7 @@ finished batch of frames from them: decodes it, ranks the candidates (Section 4.
 hands frames and candidates to the caller with a record of how each frame was made.
 """
 from collections import Counter
+from contextlib import contextmanager
 
 import torch
 
@@ -42,7 +43,8 @@ class Interpolator:
         self._prompts = {}
         self.round_of = {f.index: r for r, frames in enumerate(plan.rounds) for f in frames}
         self.unet_calls = 0
-        self.latents = self.on_frame = self.on_candidates = self.progress = None
+        self.latents = self.on_frame = self.on_candidates = self.ticks = None
+        self.progress = None  # the step callback of the piece of work under way (`counting`)
 
     # --- what the schemes use ----------------------------------------------------------------------
 
@@ -157,14 +159,27 @@ class Interpolator:
     def steps_to_run(self, latents: dict) -> int:
         return self.plan.scheme.steps_to_run(self.plan, latents)
 
-    def run(self, latents: dict, on_frame, on_candidates=None, progress=None) -> dict:
+    @contextmanager
+    def counting(self, stage: str, total: int):
+        """A context in which the DDIM steps run are one piece of work of `total` steps, reported through
+        the `ticks` given to `run` as `stage` ("frames": the plan's steps; "reroll": one re-roll's)."""
+        outer = self.progress
+        self.progress = self.ticks(stage, total) if self.ticks is not None else None
+        try:
+            yield
+        finally:
+            self.progress = outer
+
+    def run(self, latents: dict, on_frame, on_candidates=None, ticks=None) -> dict:
         """Make every frame missing from `latents` ({index: [1,4,h,w]}, at least 0 and N).
 
         on_frame(index, image, latent, info) is called as each frame is finished; on_candidates(index,
-        images, scores, kept) when several candidates were ranked; progress(...) after every DDIM step.
+        images, scores, kept) when several candidates were ranked; ticks(stage, total) gives the callback
+        run after every DDIM step of a piece of work (`counting`).
         """
-        self.latents, self.on_frame, self.on_candidates, self.progress = latents, on_frame, on_candidates, progress
+        self.latents, self.on_frame, self.on_candidates, self.ticks = latents, on_frame, on_candidates, ticks
         if self.limits is None:
             self.limits = self.batch_limits(latents[0])
-        self.plan.scheme.run(self, latents)
+        with self.counting("frames", self.steps_to_run(latents)):
+            self.plan.scheme.run(self, latents)
         return latents

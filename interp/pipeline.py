@@ -295,8 +295,10 @@ class Interpolation:
         pick, or what `choose` as a `Steering` recorded); on_frame(index, image, latent, info) and
         on_candidates(index, images, scores, kept) receive each finished frame and ranked candidates;
         on_embeddings(cond, uncond, losses) the fitted prompt embeddings; on_progress(stage, step, total)
-        each inversion iteration and DDIM step ("inversion", "frames"), and returning False stops the run
-        (`Cancelled`, with the frames finished before). `cache_inversion` keeps inversion results on disk."""
+        each inversion iteration and DDIM step, counted per piece of work: "inversion", "frames" (the
+        steps of every round still to make) and "reroll" (the steps of one re-roll a `choose` asks for);
+        returning False stops the run (`Cancelled`, with the frames finished before). `cache_inversion`
+        keeps inversion results on disk."""
         images = {}
 
         def keep(index, image, latent, info):
@@ -323,8 +325,7 @@ class Interpolation:
             elif choose is not None:
                 self.runner.chooser = choose
             t0 = time.perf_counter()
-            steps = self.runner.steps_to_run(latents)
-            self.runner.run(latents, keep, ranked, progress=_ticks(on_progress, "frames", steps))
+            self.runner.run(latents, keep, ranked, ticks=functools.partial(_ticks, on_progress))
         except Cancelled as stop:
             stop.result = self._result(images)
             raise

@@ -16,17 +16,21 @@ decodes, ranks and saves; the runner also supplies the denoiser, the noise and t
     ours                 each new frame from its two nearest finished frames, both noised with one shared
                          noise tensor, slerped, denoised; several candidates ranked (the authors' interpolate_qc)
     ours-no-shared-noise ours with independent noise for the two parents (an extra ablation)
+    freemorph            FreeMorph (Cao et al., ICCV 2025): every frame at once, DDIM-inverted and denoised
+                         again with attention shared across the batch (`interp.freemorph`)
 
 Only the `ours` schemes draw fresh noise for each frame, so only they make and rank candidates; the chain
 schemes draw their noise once for the whole sequence and make one version of each frame.
 """
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
 from ldm.errors import UserError
-from ldm.sample.ddim import ddim_timesteps
+from ldm.sample.ddim import ddim_timesteps, leading_timesteps
 
+from . import freemorph
 from .frames import Frame, NoiseLevel, frame_tree, noise_levels
 from .rank import candidate_counts
 from .schedules import interpolation_positions
@@ -64,6 +68,7 @@ class Scheme:
     denoises = True      # runs the diffusion model (so text inversion and pose guidance matter)
     ranks = False        # draws fresh noise per frame, so it can make and rank several candidates
     warps = False        # supports affine latent motion (Section 5.2)
+    poses = True         # can be guided by poses (Section 4.3)
 
     def rounds(self, n: int, positions: list, schedule) -> list:
         """The rounds of frames this scheme makes."""
@@ -238,8 +243,42 @@ class OursNoSharedNoise(Ours):
     shared = False
 
 
+class FreeMorph(Scheme):
+    """Every interior frame in one round, made together from the two inputs (`interp.freemorph.morph`); its
+    level is where the denoising starts, 80% of the way up a schedule of diffusers' timesteps."""
+    name = "freemorph"
+    poses = False
+
+    def rounds(self, n, positions, schedule):
+        return [[Frame(i, 0, n, positions[i]) for i in range(1, n)]]
+
+    def plan(self, frames, steps=50, *args, **kwargs):
+        k = int(steps * freemorph.STRENGTH)
+        if k < 1:
+            raise UserError(f"FreeMorph inverts {freemorph.STRENGTH:.0%} of the schedule: give --steps 2 or more")
+        grid = leading_timesteps(steps)
+        return dataclasses.replace(super().plan(frames, steps, *args, **kwargs), timesteps=tuple(grid.tolist()),
+                                   levels=(NoiseLevel(k - 1, int(grid[k - 1])),))
+
+    def steps_to_run(self, plan, latents):
+        """Its UNet calls, inverting and denoising again (each frame is final only at the end, so a partial run
+        starts over)."""
+        return 0 if all(i in latents for i in range(1, plan.n)) else freemorph.calls(plan.steps)
+
+    def run(self, runner, latents):
+        plan, level = runner.plan, runner.plan.levels[0]
+        if all(i in latents for i in range(1, plan.n)):
+            return
+        noise = runner.noise(("freemorph", "injection"), 1, latents[0])
+        z, calls = freemorph.morph(runner.sd, latents[0], latents[plan.n], plan.positions, runner.text, runner.guidance,
+                                   plan.steps, noise, runner.progress)
+        runner.unet_calls += calls  # each one a step of the progress hook
+        runner.finish([Job(i, (0, plan.n), plan.positions[i], level.timestep, 2 * (level.step + 1))
+                       for i in range(1, plan.n)], z[1:-1], 1)
+
+
 SCHEMES = {s.name: s for s in (InterpolateOnly(), InterpolateDenoise(), DID(), DIDNoSharedNoise(), Ours(),
-                               OursNoSharedNoise())}
+                               OursNoSharedNoise(), FreeMorph())}
 ALIASES = {"latent-blending": "did"}
 
 

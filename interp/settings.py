@@ -29,7 +29,12 @@ PREVIEW = {"size": "256", "steps": 50, "inversion_steps": 50, "candidates": 1}
 # exactly this): every pair resized to 768 x 768, 65 frames, 500 inversion iterations, eta 0.1, no pose guidance
 AUTHORS = {"size": "768x768", "fit": "resize", "frames": 65, "steps": 200, "levels": (0.30, 0.55), "cfg": 7.5,
            "eta": 0.1, "inversion_steps": 500, "negative": NEGATIVE_PROMPT, "pose": False, "candidates": "auto"}
-PRESETS = {"authors": AUTHORS, "preview": PREVIEW}
+# --scheme freemorph (or --preset freemorph): FreeMorph's own settings in its authors' code (`freemorph.py`): 768 x
+# 768 centre crops, 7 frames, 50 steps, guidance 7.5, DDIM eta 0, no textual inversion, the prompts' embeddings
+# lerped and the empty prompt as the negative; its edit strength, phases and beta(20, 20) are in interp/freemorph.py
+FREEMORPH = {"scheme": "freemorph", "size": "768x768", "fit": "crop", "frames": 7, "steps": 50, "cfg": 7.5, "eta": 0.0,
+             "inversion_steps": 0, "negative": "", "text": "lerp", "candidates": 1, "pose": False}
+PRESETS = {"authors": AUTHORS, "preview": PREVIEW, "freemorph": FREEMORPH}
 # --baselines authors: the Table 1 baselines at their own defaults in `cm.py` instead of ours (everything else
 # held equal): `interpolate_then_diffuse` and `interpolate` default to noise levels 0.25 -> 0.5, ControlNet
 # strength 1 throughout and eta 0, and `interpolate_then_diffuse` lerps the text embeddings.
@@ -109,6 +114,8 @@ class Settings:
         chosen = find_scheme(self.scheme)
         if self.text not in ("slerp", "lerp"):
             raise UserError(f"text interpolation is slerp or lerp, not {self.text!r}")
+        if self.pose and not chosen.poses:
+            raise UserError(f"the {chosen.name} scheme has no pose guidance: leave out --pose and --poses")
         if self.warp is not None and not chosen.warps:
             raise UserError(f"--warp moves the parents of each new frame, which the {chosen.name} scheme does not "
                             "have: use --scheme ours or ours-no-shared-noise")

@@ -31,6 +31,7 @@ class Candidates:
         self.images = {job.index: [] for job in jobs}
         self.scores = {job.index: [] for job in jobs}
         self.rolls = {job.index: [] for job in jobs}  # the conditioning of each re-roll, in order
+        self.rolling = None  # the frame being re-rolled now, if any
 
     @property
     def indices(self) -> list:
@@ -47,8 +48,14 @@ class Candidates:
             raise UserError(f"the {self.runner.plan.scheme.name} scheme draws no fresh noise per frame: "
                             "there is nothing to re-roll")
         self.rolls[index].append({"prompt": prompt, "keypoints": keypoints})
-        z = self.remake(index, len(self.rolls[index]), prompt, keypoints)
-        images, scores = self.runner.decode_and_score(z)
+        steps = next(job.steps for job in self.jobs if job.index == index)
+        self.rolling = index
+        try:
+            with self.runner.counting("reroll", steps):  # a piece of work of its own for the progress hook
+                z = self.remake(index, len(self.rolls[index]), prompt, keypoints)
+            images, scores = self.runner.decode_and_score(z)
+        finally:
+            self.rolling = None
         self.add(index, z, images, scores)
 
     def count(self, index: int) -> int:

@@ -37,6 +37,18 @@ def machine_caches(tmp_path_factory):
         yield folder
 
 
+@pytest.fixture(autouse=True)
+def no_studio_left_running():
+    """A studio test that fails leaves no `interpolate --interactive` process behind (tests/studio_session.py)."""
+    yield
+    session = sys.modules.get("studio_session")
+    while session is not None and session.RUNNING:
+        process = session.RUNNING.pop()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 @pytest.fixture(scope="session")
 def cases():
     """Inputs and reference outputs computed with the original SD 2.1 / ControlNet code."""

@@ -40,12 +40,16 @@ def command(tmp_path, tiny_dir, clip_tiny, out, *extra):
             "--size", "64", "--inversion-steps", "1", "--candidates", "2", "--out", str(out), *extra]
 
 
+RUNNING = []  # every Session's process: conftest stops those a failed test left behind
+
+
 class Session:
     """An `interpolate --interactive` process and its page's HTTP API."""
 
     def __init__(self, args, env, interactive=("--interactive",)):
         self.process = subprocess.Popen([*args, *interactive], env=env, stderr=subprocess.PIPE, text=True,
                                         stdout=subprocess.PIPE)
+        RUNNING.append(self.process)
         self.lines, self.url = [], None
         self.reader = threading.Thread(target=self._read, daemon=True)  # the only reader of stderr
         self.reader.start()

@@ -68,6 +68,19 @@ def test_a_programs_own_choice_and_cancellation(pipe, inputs):
                  choose=lambda pool: dict.fromkeys(pool.indices, 0))
     assert not np.array_equal(np.asarray(first.frames[2]), np.asarray(result.frames[2]))
 
+    # a re-roll is a piece of work of its own for on_progress: the frames' count never runs past its total
+    steps = []
+
+    def reroll_once(pool):
+        if 2 in pool.indices:
+            pool.reroll(2)
+        return dict.fromkeys(pool.indices, 0)
+    pipe(*(inputs / f"{k}.png" for k in "ab"), SETTINGS, keypoints=keypoints(inputs), choose=reroll_once,
+         on_progress=lambda *step: steps.append(step))
+    frames, rerolls = ([s for s in steps if s[0] == stage] for stage in ("frames", "reroll"))
+    assert [s[1] for s in frames] == list(range(1, 6)) and all(s[2] == 5 for s in frames)
+    assert rerolls == [("reroll", 1, 3), ("reroll", 2, 3), ("reroll", 3, 3)]  # round 0's 3 steps again
+
     # on_progress returning False stops the run between two steps, keeping what was finished
     with pytest.raises(interp.Cancelled) as stop:
         pipe(*(inputs / f"{k}.png" for k in "ab"), SETTINGS, keypoints=keypoints(inputs),

@@ -93,4 +93,4 @@ def test_the_report_names_a_baseline_run_at_the_authors_defaults(tmp_path):
     assert Sequence.read(tmp_path / "equal").scheme == "did"
     assert Sequence.read(tmp_path / "authors").scheme == "did (authors' defaults)"
     assert Sequence.read(tmp_path / "ours").scheme == "ours"  # ours has no defaults of its own to differ by
-    assert set(PRESETS) == {"authors", "preview"}
+    assert set(PRESETS) == {"authors", "preview", "freemorph"}

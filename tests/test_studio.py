@@ -39,9 +39,14 @@ def test_every_action_is_recorded_and_replayed_without_a_person(tmp_path, tiny_d
     assert len(studio.frame(s, 2)["candidates"]) == 4
     assert studio.post("prompt", {"frame": 2, "prompt": "a red ball"})[0] == 200
     assert studio.post("reroll", {"frame": 2})[0] == 200
-    s = studio.wait("choosing", 0)
-    while len(studio.frame(s, 2)["candidates"]) < 6 or studio.frame(s, 2)["prompt"] != "a red ball":
-        s = studio.wait("choosing", 0)
+    s, shown = studio.state(), []  # the progress while it re-rolls: that re-roll's steps, never past them
+    while s["status"] != "choosing" or len(studio.frame(s, 2)["candidates"]) < 6:
+        if s["progress"] is not None:
+            shown.append(s["progress"])
+        s = studio.state()
+    assert all(p["step"] <= p["steps"] and (p["seconds_left"] is None or p["seconds_left"] >= 0) for p in shown), shown
+    assert {p["what"] for p in shown} <= {"re-rolling frame 2"} and s["progress"] is None  # cleared while it waits
+    assert studio.frame(s, 2)["prompt"] == "a red ball"
     assert [c["roll"] for c in studio.frame(s, 2)["candidates"]] == [0, 0, 1, 1, 2, 2]
     assert studio.post("pick", {"frame": 2, "candidate": 5})[0] == 200
     s = studio.wait("choosing", 1)  # round 1: frames 1 and 3
@@ -142,6 +147,9 @@ def test_the_studio_refuses_what_it_should(tmp_path, tiny_dir, clip_tiny, pair, 
     assert studio.get("/api/state", token="wrong")[0] == 403
     assert studio.request("GET", "/api/state")[0] == 403                       # no token at all
     assert studio.request("GET", f"/api/state?token={studio.token}", host="evil.example:80")[0] == 403  # rebinding
+    assert studio.request("GET", f"/api/state?token={studio.token}", host=f"localhost:{studio.port}")[0] == 200
+    assert studio.request("GET", "/favicon.ico")[0] == 200  # the browser asks for it without the token
+    assert studio.request("GET", "/favicon.svg", host="evil.example:80")[0] == 403
     assert studio.post("pick", {"frame": 2, "candidate": 0}, token="wrong")[0] == 403
     status, _ = studio.request("POST", f"/api/pick?token={studio.token}", json.dumps({"frame": 2, "candidate": 0}))
     assert status == 403  # a POST needs the header, which another site's page cannot send

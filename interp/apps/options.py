@@ -179,7 +179,9 @@ def parser(cls=Parser) -> argparse.ArgumentParser:
 
     method = p.add_argument_group("the method (Sections 4.1 and 5.1)")
     method.add_argument("--scheme", choices=[*SCHEMES, *ALIASES], default=d.scheme,
-                        help="ours, or a baseline of Table 1 (latent-blending = did)")
+                        help="ours, a baseline of Table 1 (latent-blending = did), or freemorph (FreeMorph, Cao et al. "
+                             "ICCV 2025, as its authors' code: their settings for every option not given, "
+                             "--preset freemorph; --prompt and --prompt-b describe the two images)")
     method.add_argument("--steps", type=number(int, 1, 1000), default=d.steps, help="DDIM schedule length")
     levels = method.add_mutually_exclusive_group()
     levels.add_argument("--levels", type=_range, default=d.levels,
@@ -278,6 +280,8 @@ def parse(argv=None, cls=Parser) -> Options:
     profiles = [PRESETS["preview" if args["preview"] else args["preset"]]] if args["preview"] or args["preset"] else []
     if args["baselines"] == "authors":
         profiles.append(BASELINE_DEFAULTS.get(find_scheme(args["scheme"]).name, {}))
+    if find_scheme(args["scheme"]).name == "freemorph":  # its authors' settings, at a preset's frame size if any
+        profiles.append({k: v for k, v in PRESETS["freemorph"].items() if k != "size" or not profiles})
     for values in profiles:  # a profile's value unless the option is given; a later profile wins
         args.update({k: v for k, v in values.items() if k not in given})
     if args["pose"] is None:

@@ -82,7 +82,7 @@ def make(o: Options, models: Models = None):
 
 
 class Progress:
-    """A progress bar per stage of a run (inversion, frames), and the studio's progress line."""
+    """A progress bar per piece of work of a run (inversion, frames, each re-roll), and the studio's progress line."""
 
     def __init__(self, studio: Studio = None):
         self.studio, self.bars = studio, {}
@@ -91,8 +91,8 @@ class Progress:
         if step == 1:
             self.bars[stage] = progress(total, stage)
         self.bars[stage]()
-        if self.studio is not None and stage == "frames":
-            self.studio.progress(step, total)
+        if self.studio is not None:
+            self.studio.progress(stage, step, total)
 
 
 def remove_made(folder) -> None:

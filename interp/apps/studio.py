@@ -3,17 +3,19 @@ a new prompt or pose for a particular image"): `interpolate ... --interactive`, 
 for an existing run, serves a local web page (`studio.html`, no build step, nothing from the network).
 
 The page shows the frame strip, the current round's candidates with their CLIP scores and CLIP's pick, and
-the progress. For each frame of a round the person picks a candidate (or accepts CLIP's picks for the whole
-round), re-rolls (k more candidates with new seeds), gives the frame a prompt of its own or drags the joints
-of its skeleton, then re-rolls. The run waits for the choices; each is recorded in run.json as it is made
+what the run is making (a round, a re-roll of one frame, a revision) with its step and the time left. For
+each frame of a round the person picks a candidate (or accepts CLIP's picks for the whole round), re-rolls
+(k more candidates with new seeds), gives the frame a prompt of its own or drags the joints of its skeleton,
+then re-rolls. The run waits for the choices; each is recorded in run.json as it is made
 (interp/steering.py). A finished run can be revised: a frame and its descendants in the frame tree are made
 again. When the run is finished the page shows the video, the GIF and the contact sheet.
 
 Security: the server binds to 127.0.0.1 unless told otherwise; every request needs the random token of the
-printed URL (GETs in the query, POSTs in the X-Token header, which another site's page cannot send); a
-request whose Host header is not the bound address is refused (DNS rebinding); only files inside the run
-folder are served (symlinks resolved, never followed out of it); every input is validated and answered
-with a JSON error, never a traceback.
+printed URL (GETs in the query, POSTs in the X-Token header, which another site's page cannot send), except
+the page's icon; a request whose Host header names neither the bound address nor, for a loopback address,
+`localhost` or `127.0.0.1` is refused (DNS rebinding); only files inside the run folder are served (symlinks
+resolved, never followed out of it); every input is validated and answered with a JSON error, never a
+traceback.
 """
 import hmac
 import http.server
@@ -31,6 +33,9 @@ from pathlib import Path
 from ldm.errors import UserError
 
 PAGE = Path(__file__).with_name("studio.html")
+# Asked for by the browser itself, without the token: two discs, one fading into the other.
+ICON = (b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><circle cx="5.5" cy="8" r="4.5" fill="#f3b94d"/>'
+        b'<circle cx="10.5" cy="8" r="4.5" fill="#5fa8ff" fill-opacity=".8"/></svg>')
 MAX_BODY = 1 << 20
 MAX_PROMPT = 500
 MAX_PEOPLE = 10
@@ -61,6 +66,24 @@ def _int(body: dict, key: str) -> int:
     return value
 
 
+class Pace:
+    """Seconds per step of one piece of work, from the intervals between its steps; an interval in which the
+    run waited for the person (`Studio.waiting`) is left out."""
+
+    def __init__(self):
+        self.seconds, self.steps, self.last = 0.0, 0, None
+
+    def step(self) -> None:
+        now = time.perf_counter()
+        if self.last is not None:
+            self.seconds += now - self.last
+            self.steps += 1
+        self.last = now
+
+    def left(self, steps: int):
+        return round(self.seconds / self.steps * steps, 1) if self.steps else None
+
+
 class Studio:
     """The page's server and the state it shows; the run's thread waits on `commands` for the person."""
 
@@ -75,6 +98,9 @@ class Studio:
         self.version = 0
         self.choosing = None  # {frame: candidate count} while a round waits for the person
         self.turn = 0         # which wait that is: a command sent during one is never carried out in another
+        self.paces = {}       # stage -> Pace of the piece of work under way
+        self.candidates = self.revising = None  # the round's candidates (`Candidates`), the frame being revised
+        self.kept_before = {}  # {frame: candidate} kept before the revision under way (its candidates are remade alike)
         try:
             self.server = http.server.ThreadingHTTPServer((host, port), _Handler)
         except OSError as e:
@@ -111,16 +137,43 @@ class Studio:
             return {**self.view, "version": self.version, "frames": frames, "size": self.out.settings.get("size"),
                     "can_reroll": self.can_reroll, "can_pose": self.can_pose, "rounds": len(self.plan.rounds)}
 
-    def progress(self, step: int, total: int) -> None:
-        """Tell the page the DDIM step and the time left (from the pace since the first step)."""
-        if step == 1:
-            self.started = time.perf_counter()
-        elapsed = time.perf_counter() - self.started
-        self.show(progress={"step": step, "steps": total, "seconds_left": round(elapsed / step * (total - step), 1)})
+    def progress(self, stage: str, step: int, total: int) -> None:
+        """Tell the page what the run is making, the step of that piece of work (the library counts each from
+        1 to its total: `interp.Interpolation.run`) and the time left at the pace of its steps so far."""
+        if step == 1 or stage not in self.paces:
+            self.paces[stage] = Pace()
+        pace = self.paces[stage]
+        pace.step()
+        what, unit = self._making(stage)
+        self.show(progress={"what": what, "unit": unit, "step": step, "steps": total,
+                            "seconds_left": pace.left(total - step)})
+
+    def _making(self, stage: str) -> tuple:
+        """(what is being made, what a step is called) for the progress line."""
+        if stage == "inversion":
+            return "fitting the prompt embeddings", "iteration"
+        if stage == "reroll":
+            return f"re-rolling frame {self.candidates.rolling}", "step"
+        what = "making the frames" if self.revising is None else f"revising frame {self.revising}"
+        if self.plan.scheme.ranks:  # its rounds are made one after another: the first one not finished is under way
+            made = self.out.state["frames"]
+            unfinished = (r for r, frames in enumerate(self.plan.rounds) if any(str(f.index) not in made for f in frames))
+            r = next(unfinished, None)
+            if r is not None:
+                what += f", round {r + 1} of {len(self.plan.rounds)}"
+        return what, "step"
+
+    def waiting(self, **fields) -> None:
+        """The run waits for the person (and shows `fields`): no work is under way, and the wait counts in
+        no step's pace."""
+        for pace in self.paces.values():
+            pace.last = None
+        self.show(progress=None, **fields)
 
     # --- the person's side: validated here, carried out by the run's thread ----------------------
 
-    def submit(self, kind: str, body: dict) -> None:
+    def command(self, kind: str, body: dict) -> dict:
+        """The command a request asks for, validated (else BadRequest); the handler queues it once answered."""
         with self.lock:
             choosing, turn = self.choosing, self.turn
             finished = self.view["status"] == "finished"
@@ -163,7 +216,7 @@ class Studio:
                 command["frame"] = frame
         else:
             raise BadRequest(f"unknown action {kind!r}")
-        self.commands.put({**command, "turn": turn})
+        return {**command, "turn": turn}
 
     def _keypoints(self, people) -> list:
         if not self.can_pose:
@@ -185,7 +238,8 @@ class Studio:
         return Chooser(self, steering)
 
     def finished(self, outputs: dict) -> None:
-        self.show(status="finished", round=None, outputs=outputs, message="the run is finished")
+        self.revising, self.kept_before = None, {}
+        self.show(status="finished", round=None, outputs=outputs, progress=None, message="the run is finished")
 
     def after_finish(self):
         """Wait for the person: a frame to revise, or None to close the studio."""
@@ -195,8 +249,11 @@ class Studio:
                 self.show(status="closed", message="the studio is closed")
                 return None
             if command["kind"] == "revise":
-                self.show(status="working", outputs=None, message=f"revising frame {command['frame']}")
-                return command["frame"]
+                frame = self.revising = command["frame"]
+                kept = self.out.state["frames"].get(str(frame), {}).get("kept")
+                self.kept_before = {} if kept is None else {frame: kept}
+                self.show(status="working", outputs=None, message=f"revising frame {frame}")
+                return frame
 
 
 class Chooser:
@@ -216,7 +273,7 @@ class Chooser:
                 self.saved[i] = pool.count(i)
             files = out.state["candidates"][str(i)]["files"]
             frames.append({"index": i, "position": pool.runner.plan.positions[i], "clip_pick": pool.clip_pick(i),
-                           "pick": picks[i], "prompt": own[i]["prompt"],
+                           "pick": picks[i], "kept_before": self.studio.kept_before.get(i), "prompt": own[i]["prompt"],
                            "keypoints": own[i]["keypoints"] or pool.runner.conditioning(i).get("keypoints"),
                            "candidates": [{"file": f, "score": s, "roll": c // pool.k}
                                           for c, (f, s) in enumerate(zip(files, pool.scores[i]))]})
@@ -224,12 +281,14 @@ class Chooser:
             self.studio.choosing = {i: pool.count(i) for i in pool.indices}
             self.turn = self.studio.turn
         round_index = pool.runner.round_of[pool.indices[0]]
-        self.studio.show(status="choosing", round={"index": round_index, "frames": frames}, error=None,
-                         message=f"round {round_index + 1} of {len(pool.runner.plan.rounds)}: choose a candidate "
-                                 "for each frame")
+        shown = {"index": round_index, "turn": self.turn, "k": pool.k, "frames": frames}
+        self.studio.waiting(status="choosing", round=shown, error=None,
+                            message=f"round {round_index + 1} of {len(pool.runner.plan.rounds)}: choose a candidate "
+                                    "for each frame")
 
     def __call__(self, pool) -> dict:
         self.studio.can_pose = pool.runner.controlnet is not None
+        self.studio.candidates = pool
         self.steering.replay(pool)
         picks = {i: self.steering.recorded_pick(pool, i) for i in pool.indices}
         own = {i: self.steering.conditioning(i) for i in pool.indices}
@@ -291,10 +350,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _json(self, status: int, obj) -> None:
         self._send(status, json.dumps(obj).encode(), "application/json")
 
-    def _allowed(self, token) -> bool:
-        """The Host header names the bound address and the token matches; else a 403 has been sent."""
+    def _host(self) -> bool:
+        """The Host header names the bound address; else a 403 has been sent."""
         if self.headers.get("Host") not in self.studio.hosts:
             self._json(403, {"error": "wrong Host header: open the printed URL"})
+            return False
+        return True
+
+    def _allowed(self, token) -> bool:
+        """The Host header names the bound address and the token matches; else a 403 has been sent."""
+        if not self._host():
             return False
         if not isinstance(token, str) or not hmac.compare_digest(token, self.studio.token):
             self._json(403, {"error": "missing or wrong token: open the printed URL"})
@@ -304,6 +369,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         url = urllib.parse.urlsplit(self.path)
         query = urllib.parse.parse_qs(url.query)
+        if url.path in ("/favicon.ico", "/favicon.svg"):
+            if self._host():
+                self._send(200, ICON, "image/svg+xml")
+            return
         if not self._allowed((query.get("token") or [None])[0]):
             return
         if url.path == "/":
@@ -340,10 +409,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             body = json.loads(self.rfile.read(length) or b"{}")
             if not isinstance(body, dict):
                 raise BadRequest("the request body must be a JSON object")
-            self.studio.submit(url.path[len("/api/"):], body)
+            command = self.studio.command(url.path[len("/api/"):], body)
         except (ValueError, BadRequest) as e:
             message = str(e) if isinstance(e, BadRequest) else f"the request body is not JSON ({e})"
             self.studio.show(error=message)
             self._json(400, {"error": message})
             return
         self._json(200, {"ok": True})
+        self.studio.commands.put(command)  # once answered: "close" ends the process

@@ -9,7 +9,8 @@ latent and the noise, then steps to the previous DDIM timestep:
 
 (eta = 0: deterministic). A v-prediction model's output is turned into eps and pred_x0 first. Sampling
 can start at any step index k of the schedule, from a latent noised to timestep[k] (`q_sample`), which is
-what img2img and the interpolation method need. All update arithmetic runs in float32.
+what img2img and the interpolation method need. DDIM inversion (`invert_step`) runs the same update the
+other way, from timestep[k - 1] up to timestep[k]. All update arithmetic runs in float32.
 """
 import numpy as np
 import torch
@@ -31,12 +32,23 @@ def ddim_timesteps(num_steps: int, num_train: int = 1000) -> np.ndarray:
     return steps + 1 if steps[-1] + 1 < num_train else steps
 
 
+def leading_timesteps(num_steps: int, num_train: int = 1000) -> np.ndarray:
+    """diffusers' "leading" DDIM timesteps without its steps_offset, ascending: 0, T // S, ..., (S - 1)(T // S)
+    (0, 20, ..., 980 for S = 50): the timesteps code written for diffusers' SD 2.1 schedulers passes as `t - 1`."""
+    if not 1 <= num_steps <= num_train:
+        raise UserError(f"the number of DDIM steps must be between 1 and {num_train}, not {num_steps}")
+    return np.arange(num_steps) * (num_train // num_steps)
+
+
 class DDIM:
-    def __init__(self, schedule: NoiseSchedule, prediction: str, num_steps: int = 200, eta: float = 0.0):
+    def __init__(self, schedule: NoiseSchedule, prediction: str, num_steps: int = 200, eta: float = 0.0,
+                 timesteps: np.ndarray = None):
+        """The sampler of `num_steps` steps on the reference's grid (`ddim_timesteps`), or on `timesteps`
+        (ascending) when given."""
         if prediction not in ("v", "eps"):
             raise UserError(f"prediction must be 'v' or 'eps', not {prediction!r}")
         self.schedule, self.prediction, self.eta = schedule, prediction, eta
-        self.timesteps = ddim_timesteps(num_steps, schedule.num_timesteps)
+        self.timesteps = ddim_timesteps(num_steps, schedule.num_timesteps) if timesteps is None else np.asarray(timesteps)
         ac = schedule.alphas_cumprod
         # As the reference: float32 buffer values gathered into float64 arrays.
         self.alphas = ac[self.timesteps].double().numpy()
@@ -85,6 +97,18 @@ class DDIM:
         if self.eta > 0:
             x_prev = x_prev + sigma * rng.randn(x.shape, generator, x.device)
         return x_prev, pred_x0
+
+    def invert_step(self, out, x, index: int):
+        """One DDIM inversion update of x, a latent at timestep[index - 1] (the clean latent for index 0), up to
+        timestep[index], with the model output `out` standing in for the one at x (diffusers'
+        DDIMInverseScheduler): pred_x0 and eps at x's level, then x_next = sqrt(a_t) pred_x0 + sqrt(1 - a_t) eps."""
+        x, out, c = x.float(), out.float(), self.coefficients(x.device)
+        a_from, a_to = c["alphas_prev"][index], c["alphas"][index]
+        if self.prediction == "v":
+            eps, pred_x0 = a_from.sqrt() * out + (1 - a_from).sqrt() * x, a_from.sqrt() * x - (1 - a_from).sqrt() * out
+        else:
+            eps, pred_x0 = out, (x - (1 - a_from).sqrt() * out) / a_from.sqrt()
+        return a_to.sqrt() * pred_x0 + (1 - a_to).sqrt() * eps
 
     @torch.no_grad()
     def sample(self, model, x, cond, uncond=None, guidance: float = 1.0, start: int = None, callback=None,
