@@ -161,3 +161,30 @@ def test_what_it_refuses(tiny_ckpt, pair, tmp_path, capsys):
         code, err = run_command(main, freemorph_run(tiny_ckpt, pair, tmp_path / "no", *extra), capsys)
         assert code == 2 and message in err and err.startswith("error:"), (extra, err)
         assert not (tmp_path / "no").exists()
+
+
+def test_a_batch_runs_each_scheme_at_its_own_settings(pair, tmp_path):
+    """interp-batch --schemes ours,freemorph: FreeMorph's rows take its authors' settings, ours keeps its own,
+    and an option given for every row holds for both."""
+    from interp.apps import manifest
+    rows = tmp_path / "pairs.csv"
+    rows.write_text(f"id,image_a,image_b,prompt\np1,{pair[0]},{pair[1]},a ball\n")
+    tasks = manifest.tasks(rows, str(tmp_path / "runs"), ["ours", "freemorph"], ["--steps", "20"], lambda o: None)
+    ours, fm = (t.options.settings for t in tasks)
+    assert (fm.scheme, fm.frames, fm.text, fm.negative) == ("freemorph", 7, "lerp", "")
+    assert fm.inversion_steps == 0 and fm.candidates == 1
+    assert (ours.scheme, ours.frames, ours.text) == ("ours", 17, "slerp") and ours.steps == fm.steps == 20
+
+
+def test_a_chain_of_three_images(pair, tiny_ckpt, tmp_path, capsys):
+    from conftest import run_command
+    from interp.apps.interpolate import main
+    out = tmp_path / "chain"
+    args = freemorph_run(tiny_ckpt, (*pair, pair[0].with_name("c.png")), out)
+    at = args.index("--prompt-b")
+    del args[at:at + 2]  # a chain has one prompt
+    code, err = run_command(main, args, capsys)
+    assert code == 0, err
+    segments = [json.loads((out / f"segment_{k:02d}" / "run.json").read_text()) for k in (1, 2)]
+    assert [s["scheme"] for s in segments] == ["freemorph"] * 2 and all(s["unet_calls"] == 28 for s in segments)
+    assert len(json.loads((out / "chain.json").read_text())["frames"]) == 13  # 7 + 7, the middle image shared
