@@ -167,7 +167,7 @@ def invert(sd, ddim: DDIM, x: torch.Tensor, cond: torch.Tensor, steps: int, call
     runs after every UNet call."""
     first, second = (int(len(ddim) * f) for f in INVERT_PHASES)
     for i in range(steps):
-        make = converged if first < i < second else (lambda attend: to_ends(attend)) if i > second else None
+        make = converged if first < i < second else to_ends if i > second else None
         with attention(sd.unet, make):
             z = x
             for _ in range(ITERATIONS):
@@ -191,7 +191,8 @@ def denoise(sd, ddim: DDIM, x: torch.Tensor, cond, uncond, guidance: float, weig
             out_c = _unet(sd, x, t, cond)
         out_u = _unet(sd, x, t, uncond)
         x, _ = ddim.step(out_u + guidance * (out_c - out_u), x, index)
-        for _ in range(2 if callback is not None else 0):
+        if callback is not None:  # one for each of the two UNet calls
+            callback()
             callback()
     return x
 

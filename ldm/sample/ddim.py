@@ -80,12 +80,18 @@ class DDIM:
 
     def eps_and_x0(self, out, x, index: int):
         """(eps, pred_x0) from the model output at step `index`, for either prediction type."""
-        out, c = out.float(), self.coefficients(x.device)
-        if self.prediction == "v":
-            a, s = c["sqrt_alphas_cumprod"][index], c["sqrt_one_minus_alphas_cumprod"][index]
-            return a * out + s * x, a * x - s * out
+        c = self.coefficients(x.device)
+        if self.prediction == "v":  # the schedule's own square roots, as the reference
+            return self._split(out, x, c["sqrt_alphas_cumprod"][index], c["sqrt_one_minus_alphas_cumprod"][index])
         a_t = c["alphas"][index]
-        return out, (x - (1 - a_t).sqrt() * out) / a_t.sqrt()
+        return self._split(out, x, a_t.sqrt(), (1 - a_t).sqrt())
+
+    def _split(self, out, x, sqrt_a, sqrt_one_minus_a):
+        """(eps, pred_x0) of the model output `out` at x, a latent at the level whose alpha_cumprod is a."""
+        out = out.float()
+        if self.prediction == "v":
+            return sqrt_a * out + sqrt_one_minus_a * x, sqrt_a * x - sqrt_one_minus_a * out
+        return out, (x - sqrt_one_minus_a * out) / sqrt_a
 
     def step(self, out, x, index: int, generator=None):
         """One DDIM update from step `index` to `index - 1`: returns (x_prev, pred_x0), float32."""
@@ -102,12 +108,9 @@ class DDIM:
         """One DDIM inversion update of x, a latent at timestep[index - 1] (the clean latent for index 0), up to
         timestep[index], with the model output `out` standing in for the one at x (diffusers'
         DDIMInverseScheduler): pred_x0 and eps at x's level, then x_next = sqrt(a_t) pred_x0 + sqrt(1 - a_t) eps."""
-        x, out, c = x.float(), out.float(), self.coefficients(x.device)
+        x, c = x.float(), self.coefficients(x.device)
         a_from, a_to = c["alphas_prev"][index], c["alphas"][index]
-        if self.prediction == "v":
-            eps, pred_x0 = a_from.sqrt() * out + (1 - a_from).sqrt() * x, a_from.sqrt() * x - (1 - a_from).sqrt() * out
-        else:
-            eps, pred_x0 = out, (x - (1 - a_from).sqrt() * out) / a_from.sqrt()
+        eps, pred_x0 = self._split(out, x, a_from.sqrt(), (1 - a_from).sqrt())
         return a_to.sqrt() * pred_x0 + (1 - a_to).sqrt() * eps
 
     @torch.no_grad()
