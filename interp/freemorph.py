@@ -159,16 +159,26 @@ def _unet(sd, x, timestep: int, context):
     return sd.unet(x.to(sd.dtype), t, context.to(sd.device, sd.dtype)).float()
 
 
+def inversion_attention(i: int, schedule: int):
+    """The attention of inversion step i of a `schedule`-step schedule (as their `steps`): plain up to step
+    int(0.3 S) and at step int(0.6 S), `converged` between them, the ends' average after."""
+    first, second = (int(schedule * f) for f in INVERT_PHASES)
+    return converged if first < i < second else to_ends if i > second else None
+
+
+def denoising_attention(j: int, steps: int, weights: torch.Tensor):
+    """The attention of the conditional pass at denoising step j of `steps`: the ends by `weights`, fused with
+    the frame's own keys and values from step int(0.2 steps), plain (None) from int(0.6 steps)."""
+    fused, plain = (int(steps * f) for f in DENOISE_PHASES)
+    return None if j >= plain else lambda attend: to_ends(attend, weights, fused=j >= fused)
+
+
 def invert(sd, ddim: DDIM, x: torch.Tensor, cond: torch.Tensor, steps: int, callback=None) -> torch.Tensor:
     """The batch x inverted up the first `steps` timesteps of `ddim`, conditioned on `cond` alone
     (`aid_inversion`, whose guidance argument is unused): at each step ITERATIONS fixed-point updates
-    x_t <- invert_step(unet(x_t, t), x). Attention: plain up to step int(0.3 S) and at step int(0.6 S),
-    `converged` between them, the ends' average after (S the whole schedule, as their `steps`). `callback`
-    runs after every UNet call."""
-    first, second = (int(len(ddim) * f) for f in INVERT_PHASES)
+    x_t <- invert_step(unet(x_t, t), x), under `inversion_attention`. `callback` runs after every UNet call."""
     for i in range(steps):
-        make = converged if first < i < second else to_ends if i > second else None
-        with attention(sd.unet, make):
+        with attention(sd.unet, inversion_attention(i, len(ddim))):
             z = x
             for _ in range(ITERATIONS):
                 z = ddim.invert_step(_unet(sd, z, int(ddim.timesteps[i]), cond), x, i)
@@ -181,13 +191,10 @@ def invert(sd, ddim: DDIM, x: torch.Tensor, cond: torch.Tensor, steps: int, call
 def denoise(sd, ddim: DDIM, x: torch.Tensor, cond, uncond, guidance: float, weights: torch.Tensor, steps: int,
             callback=None) -> torch.Tensor:
     """The batch x denoised from timestep[steps - 1] to the clean latent (`aid_forward`): the conditional pass
-    attends to the ends by `weights`, fused with each frame's own keys and values from step int(0.2 steps)
-    and plain from int(0.6 steps); the unconditional pass plain; eta 0. `callback` runs after every UNet call."""
-    fused, plain = (int(steps * f) for f in DENOISE_PHASES)
+    under `denoising_attention`, the unconditional pass plain; eta 0. `callback` runs after every UNet call."""
     for j, index in enumerate(range(steps - 1, -1, -1)):
-        make = None if j >= plain else lambda attend, fuse=j >= fused: to_ends(attend, weights, fuse)
         t = int(ddim.timesteps[index])
-        with attention(sd.unet, make):
+        with attention(sd.unet, denoising_attention(j, steps, weights)):
             out_c = _unet(sd, x, t, cond)
         out_u = _unet(sd, x, t, uncond)
         x, _ = ddim.step(out_u + guidance * (out_c - out_u), x, index)

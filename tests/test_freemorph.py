@@ -157,6 +157,7 @@ def test_what_it_refuses(tiny_ckpt, pair, tmp_path, capsys):
     from conftest import run_command
     from interp.apps.interpolate import main
     for extra, message in ((["--candidates", "3"], "no candidates to rank"), (["--pose"], "no pose guidance"),
+                           (["--poses", "a.json", "b.json"], "leave out --pose and --poses"),
                            (["--warp", "zoom=1.5"], "does not have"), (["--steps", "1"], "--steps 2 or more")):
         code, err = run_command(main, freemorph_run(tiny_ckpt, pair, tmp_path / "no", *extra), capsys)
         assert code == 2 and message in err and err.startswith("error:"), (extra, err)
@@ -168,12 +169,17 @@ def test_a_batch_runs_each_scheme_at_its_own_settings(pair, tmp_path):
     and an option given for every row holds for both."""
     from interp.apps import manifest
     rows = tmp_path / "pairs.csv"
-    rows.write_text(f"id,image_a,image_b,prompt\np1,{pair[0]},{pair[1]},a ball\n")
-    tasks = manifest.tasks(rows, str(tmp_path / "runs"), ["ours", "freemorph"], ["--steps", "20"], lambda o: None)
+    for name in ("a.json", "b.json"):
+        (tmp_path / name).write_text("{}")
+    rows.write_text(f"id,image_a,image_b,prompt,poses\np1,{pair[0]},{pair[1]},a ball,a.json;b.json\n")
+    tasks = manifest.tasks(rows, str(tmp_path / "runs"), ["ours", "freemorph"], ["--steps", "20"], lambda o: o.settings.plan())
     ours, fm = (t.options.settings for t in tasks)
     assert (fm.scheme, fm.frames, fm.text, fm.negative) == ("freemorph", 7, "lerp", "")
     assert fm.inversion_steps == 0 and fm.candidates == 1
     assert (ours.scheme, ours.frames, ours.text) == ("ours", 17, "slerp") and ours.steps == fm.steps == 20
+    # the row's keypoints guide ours; FreeMorph, which has no pose guidance, runs without them
+    assert ours.pose and tasks[0].options.poses == (str(tmp_path / "a.json"), str(tmp_path / "b.json"))
+    assert not fm.pose and tasks[1].options.poses is None
 
 
 def test_a_chain_of_three_images(pair, tiny_ckpt, tmp_path, capsys):

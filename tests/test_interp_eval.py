@@ -24,7 +24,8 @@ from interp.schemes import SCHEMES
 def tiny_run(tmp_path, tiny_dir, clip_tiny, out, scheme, *extra, pair="a"):
     args = ["interpolate", str(tmp_path / f"{pair}.png"), str(tmp_path / "b.png"), "--prompt", "a ball",
             "--ckpt", str(tiny_dir / "tiny.safetensors"), "--controlnet", str(tiny_dir / "controlnet.safetensors"),
-            "--poses", str(tmp_path / f"{pair}.json"), str(tmp_path / "b.json"), "--clip", str(clip_tiny),
+            *(["--poses", str(tmp_path / f"{pair}.json"), str(tmp_path / "b.json")] if SCHEMES[scheme].poses else []),
+            "--clip", str(clip_tiny),
             "--clip-config", str(DATA / "clip" / "clip_config.json"), "--frames", "5", "--steps", "10",
             "--size", "64", "--inversion-steps", "1", "--scheme", scheme,
             "--candidates", "2" if scheme.startswith("ours") else "1", "--out", str(out), *extra]
@@ -192,3 +193,94 @@ def test_retime_evens_out_the_steps(runs, tiny_dir, clip_tiny, tmp_path):
     fetched = tiny_run(runs, tiny_dir, clip_tiny, tmp_path / "fetch", "interpolate-only", "--retime", "clip",
                        "--fetch-only")
     assert f"clip: {clip_tiny}" in fetched.stdout.splitlines()  # the measuring network is fetched too
+
+
+@pytest.fixture(scope="module")
+def peer_runs(runs, tiny_dir, clip_tiny):
+    """ours and freemorph at the peers' frame counts: 7 frames of both pairs, 17 of the first."""
+    out = runs / "peers"
+    for scheme in ("ours", "freemorph"):
+        for pair in ("a", "c"):
+            tiny_run(runs, tiny_dir, clip_tiny, out / "7" / pair / scheme, scheme, "--frames", "7", pair=pair)
+        tiny_run(runs, tiny_dir, clip_tiny, out / "17" / "a" / scheme, scheme, "--frames", "17", "--steps", "20")
+    return out
+
+
+def test_interp_eval_reports_the_peers_protocols(runs, peer_runs, metric_files, clip_tiny, tmp_path, capsys):
+    from interp.metrics.protocols import PROTOCOLS
+    out = tmp_path / "report"
+    report = evaluate.evaluate(evaluate.parser().parse_args(
+        [str(peer_runs), str(runs / "out" / "ab" / "did"), "--out", str(out), *weight_args(metric_files, clip_tiny)]))
+    printed = capsys.readouterr().out
+    fm, dm = report["protocols"]["freemorph"]["schemes"], report["protocols"]["diffmorpher"]["schemes"]
+    assert list(fm) == list(dm) == ["did", "ours", "freemorph"]
+    for scheme in ("ours", "freemorph"):
+        assert (fm[scheme]["sequences"], fm[scheme]["left_out"]) == (2, 1)  # the 7-frame runs
+        assert (dm[scheme]["sequences"], dm[scheme]["left_out"]) == (1, 2)  # the 17-frame run
+    assert fm["did"] == dm["did"] == {"sequences": 0, "left_out": 1}  # 5 frames: in neither protocol
+
+    # Each figure recomputed from the frames with the networks themselves.
+    from ldm.load.inception import load_inception
+    from ldm.load.lpips import load_lpips
+    lpips = load_lpips("alex", metric_files / "alexnet.pth", metric_files / "alex.pth")
+    inception = load_inception(metric_files / "inception.safetensors")
+
+    def distances(seq):
+        with torch.no_grad():
+            taps = [lpips.layers(f.tensor() * 2 - 1) for f in seq.frames]
+            return [float(lpips.distance(a, b)) for a, b in zip(taps, taps[1:])]
+
+    def vectors(frames):
+        with torch.no_grad():
+            return torch.cat([inception(f.tensor()) for f in frames]).float()
+
+    for scheme in ("ours", "freemorph"):
+        seven = [measure.Sequence.read(peer_runs / "7" / p / scheme) for p in ("a", "c")]
+        steps = [distances(s) for s in seven]
+        assert fm[scheme]["lpips_sum"] == pytest.approx(sum(map(sum, steps)), rel=1e-5)
+        assert fm[scheme]["ppl_sum"] == pytest.approx(6 * fm[scheme]["lpips_sum"], rel=1e-9)  # 1/eps^2 x mean
+        inputs = vectors(list({f.sha256: f for s in seven for f in (s.frames[0], s.frames[-1])}.values()))
+        fids = [measure.fid(inputs, vectors([s.frames[j] for s in seven])) for j in range(1, 6)]
+        assert fm[scheme]["fid_mean"] == pytest.approx(np.mean(fids), rel=1e-4)
+
+        seventeen = measure.Sequence.read(peer_runs / "17" / "a" / scheme)
+        d = distances(seventeen)
+        assert dm[scheme]["ppl"] == pytest.approx(16 * sum(d), rel=1e-5)
+        assert dm[scheme]["pdv"] == pytest.approx(np.var(d), rel=1e-4)
+        rng, ends = np.random.default_rng(0), vectors([seventeen.frames[0], seventeen.frames[-1]])
+        draws = [measure.fid(ends, vectors([seventeen.frames[1 + k] for k in sorted(rng.choice(15, 2, replace=False))]))
+                 for _ in range(10)]
+        assert dm[scheme]["fid"] == pytest.approx(np.mean(draws), rel=1e-4)
+
+    table = (out / "report.md").read_text()
+    for protocol in PROTOCOLS.values():
+        assert f"### {protocol.source}: {protocol.frames} frames" in table and protocol.published in table
+    assert "84.91 / 141.32 / 2122.80" in table and "| freemorph | 2 |" in printed
+    assert "Left out, without frames at the positions k/16: 1 of did, 2 of ours, 2 of freemorph." in table
+    with open(out / "protocols.csv", newline="") as f:
+        rows = {(r["protocol"], r["scheme"], r["measure"]): r for r in csv.DictReader(f)}
+    assert float(rows["diffmorpher", "ours", "pdv"]["value"]) == pytest.approx(dm["ours"]["pdv"])
+    assert len(rows) == 3 * 3 * 2
+
+
+def test_without_protocols_no_lpips_is_loaded(peer_runs, metric_files, tmp_path, capsys):
+    args = [str(peer_runs / "7" / "a" / "freemorph"), "--out", str(tmp_path / "r"), "--inception",
+            str(metric_files / "inception.safetensors"), "--lpips-backbone", str(tmp_path / "missing.pth")]
+    assert evaluate.evaluate(evaluate.parser().parse_args([*args, "--protocols", "none"]))["protocols"] == {}
+    with pytest.raises(SystemExit) as e:
+        evaluate.main([*args, "--protocols", "freemorph"])  # measurable: its LPIPS weights are wanted
+    assert e.value.code == 2 and "missing.pth" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        evaluate.main([*args, "--protocols", "impus"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "unknown protocol impus: use freemorph, diffmorpher" in err and err.count("\n") == 1
+
+
+def test_retime_remakes_a_freemorph_run(runs, tiny_dir, clip_tiny, tmp_path):
+    out = tmp_path / "fm"
+    done = tiny_run(runs, tiny_dir, clip_tiny, out, "freemorph", "--frames", "7", "--retime", "clip")
+    record = json.loads((out / "retime.json").read_text())
+    retimed = json.loads((out / "retimed" / "run.json").read_text())
+    assert retimed["scheme"] == "freemorph" and retimed["status"] == "complete"
+    assert retimed["settings"]["schedule"] == record["after"]["positions"] != record["before"]["positions"]
+    assert len(list((out / "retimed" / "frames").glob("*.png"))) == 7 and "re-timed in clip space" in done.stderr

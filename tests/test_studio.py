@@ -200,3 +200,20 @@ def test_a_studio_open_to_the_network_says_so(tmp_path, capsys):
         assert f"127.0.0.1:{studio.port}" in studio.hosts and "0.0.0.0" not in studio.url
     finally:
         studio.close()
+
+
+def test_a_freemorph_run_in_the_studio(tmp_path, tiny_dir, pair, env):
+    """FreeMorph makes its frames together and no candidates: the studio shows its one round for acceptance
+    (one candidate per frame, nothing to re-roll, no pose to edit) and refuses a revision, saying why."""
+    s = Session(["interpolate", str(pair[0]), str(pair[1]), "--prompt", "a ball", "--scheme", "freemorph", "--ckpt",
+                 str(tiny_dir / "tiny.safetensors"), "--size", "64", "--steps", "5", "--out", str(tmp_path / "run")], env)
+    choosing = s.wait("choosing")
+    assert not choosing["can_reroll"] and not choosing["can_pose"] and choosing["rounds"] == 1
+    assert [len(f["candidates"]) for f in choosing["round"]["frames"]] == [1] * 5
+    assert s.post("accept")[0] == 200
+    assert s.wait("finished")["outputs"]
+    status, answer = s.post("revise", {"frame": 2})
+    assert status == 400 and "makes no candidates: there is nothing to choose again" in answer["error"]
+    assert s.post("close")[0] == 200
+    code, out = s.finish()
+    assert code == 0 and len(list((tmp_path / "run" / "frames").glob("*.png"))) == 7

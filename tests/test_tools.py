@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from conftest import ROOT
@@ -70,3 +71,23 @@ def test_the_memory_plan_fits_the_default_run_on_a_12_gb_card(capsys):
     assert max(max(x["denoise_peak_gb"], x["decode_peak_gb"]) for x in r["rounds"]) <= 12
     assert [x["frames"] * x["candidates"] for x in r["rounds"]] == [8, 14, 24, 40]
     assert "fits" in capsys.readouterr().out
+
+
+def test_the_scheme_cost_counts_every_unet_call(capsys):
+    """tools/scheme_cost.py on meta tensors at 256 px, FreeMorph on a 5-step schedule: its 4 inversion steps of
+    5 fixed-point calls each cost what 20 plain calls of its 7 rows cost (the converged attention's mean is all
+    it adds), and a plain call's FLOPs are the UNet's."""
+    import scheme_cost
+    from interp import freemorph
+    r = scheme_cost.main(["--size", "256", "--freemorph-steps", "5"])
+    fm, ours = r["freemorph"], r["ours"]
+    assert fm["unet_calls"] == 4 * 5 + 4 * 2 and fm["rows_per_call"] == 7 and 0 < fm["peak_gb"] < 24
+    cfg, sd, _ = scheme_cost.networks(256, torch.float16)
+    plain = scheme_cost.flops(lambda: sd.unet(scheme_cost.meta(7, 4, 32, 32, dtype=torch.float16),
+                                              scheme_cost.meta(7, dtype=torch.long),
+                                              scheme_cost.meta(7, 77, 1024, dtype=torch.float16)))
+    assert fm["inversion_flops"] == pytest.approx(20 * plain, rel=1e-3)
+    assert fm["flops"] - fm["inversion_flops"] > 8 * plain  # denoising: 8 calls, the ends' attention on top
+    assert ours["inversion_flops"] == pytest.approx(500 * 4 * 3 * plain / 7, rel=1e-6) and ours["flops"] > fm["flops"]
+    assert "| freemorph | 7 | 5 |" in capsys.readouterr().out
+    assert freemorph.calls(5) == fm["unet_calls"]

@@ -4,8 +4,11 @@ The run folders (or folders holding them: an interp-batch output) are grouped by
 inputs' content). Per scheme, as in Section 5.1: FID between the input images and the frames, once with two
 random frames of every sequence (the paper's sampling, seeded) and once with all of them; the path length in
 each feature space (Table 1's PPL in Inception space, mean ± std over sequences), the largest step and the
-smoothness 1 - Gini(steps). Written to OUT: report.md (one row per scheme), report.csv, sequences.csv (each
-sequence and its steps), report.json, and plots/ (bars per scheme; each sequence's steps along the path).
+smoothness 1 - Gini(steps). Beside Table 1, the peers' protocols (interp/metrics/protocols.py): FreeMorph's
+LPIPS_sum, FID_mean and PPL_sum over 7 frames, DiffMorpher's FID, PPL and PDV over 17, each measured on the runs
+that hold frames at its positions. Written to OUT: report.md (one row per scheme), report.csv, protocols.csv,
+sequences.csv (each sequence and its steps), report.json, and plots/ (bars per scheme; each sequence's steps
+along the path).
 """
 import argparse
 import csv
@@ -25,6 +28,7 @@ from ldm.runtime import Parser, add_device_arg, number, run
 from ..metrics import plots
 from ..metrics.measure import (AUTHORS_LABEL, SPACES, Cache, FeatureFiles, Sequence, add_feature_args, fid, find_runs, load_spaces,
                                parse_spaces, path_metrics, wanted_files)
+from ..metrics.protocols import PROTOCOLS, SPACE as PROTOCOL_SPACE
 from ..schemes import SCHEMES
 from .rundir import write_json
 
@@ -37,7 +41,13 @@ def parser(cls=Parser):
                    help=f"feature spaces of the steps, comma-separated: {', '.join(SPACES)} (FID always uses "
                         "inception)")
     p.add_argument("--out", default="report", help="folder of the report (its cache makes a rerun fast)")
-    p.add_argument("--seed", type=number(int, 0), default=0, help="seed of the two random frames per sequence")
+    p.add_argument("--protocols", type=_protocols, default=tuple(PROTOCOLS), metavar="NAMES",
+                   help="the peers' protocols reported beside Table 1, comma-separated: "
+                        + "; ".join(f"{p.name} ({p.frames} frames: {', '.join(h for _, h in p.columns)})"
+                                    for p in PROTOCOLS.values())
+                        + " (default: both; 'none': neither). A run is measured by the frames at the protocol's "
+                          "positions: make 7, 13 or 17 frames, or 49 for both")
+    p.add_argument("--seed", type=number(int, 0), default=0, help="seed of the random frames drawn for FID")
     add_device_arg(p)
     add_feature_args(p)
     return p
@@ -48,6 +58,17 @@ def _spaces(text: str) -> tuple:
         return parse_spaces(text)
     except UserError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _protocols(text: str) -> tuple:
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    if names == ("none",):
+        return ()
+    unknown = [n for n in names if n not in PROTOCOLS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown protocol {', '.join(unknown) or repr(text)}: use "
+                                         f"{', '.join(PROTOCOLS)} (several: comma-separated), or none")
+    return names
 
 
 def _sequences(folders) -> list:
@@ -77,15 +98,21 @@ def _mean_std(values) -> tuple:
     return float(np.mean(values)), float(np.std(values))
 
 
+def by_scheme(sequences) -> dict:
+    """{scheme: its sequences} in Table 1's order, a baseline at the authors' defaults beside the same scheme
+    held equal."""
+    order = {name: k for k, name in enumerate(SCHEMES)}
+    def rank(name):
+        return order.get(name.removesuffix(AUTHORS_LABEL), len(order)), name
+    return {scheme: [s for s in sequences if s.scheme == scheme]
+            for scheme in sorted({s.scheme for s in sequences}, key=rank)}
+
+
 def scheme_rows(sequences, spaces, paths: dict, inception, seed: int) -> dict:
     """{scheme: row} in Table 1's order; `paths` is {(folder, space): path_metrics of its steps} for each space of
     `spaces`."""
     rows = {}
-    order = {name: k for k, name in enumerate(SCHEMES)}
-    def rank(name):  # a baseline at the authors' defaults sorts beside the same scheme held equal
-        return order.get(name.removesuffix(AUTHORS_LABEL), len(order)), name
-    for scheme in sorted({s.scheme for s in sequences}, key=rank):
-        group = [s for s in sequences if s.scheme == scheme]
+    for scheme, group in by_scheme(sequences).items():
         inputs = list({f.sha256: f for s in group for f in (s.frames[0], s.frames[-1])}.values())
         reference = inception.vectors(inputs)
         row = {"sequences": len(group), "pairs": len({s.pair_key for s in group}),
@@ -123,6 +150,26 @@ def _table(report: dict) -> list:
     return lines
 
 
+def _protocol_tables(report: dict) -> list:
+    """One Markdown table per peer protocol, rows by scheme."""
+    lines = []
+    for name, measured in report["protocols"].items():
+        protocol = PROTOCOLS[name]
+        lines += [f"### {protocol.source}: {protocol.frames} frames, LPIPS on AlexNet", "",
+                  "| Scheme | n | " + " | ".join(h for _, h in protocol.columns) + " |",
+                  "|" + "---|" * (2 + len(protocol.columns))]
+        for scheme, row in measured["schemes"].items():
+            cells = [_number(row.get(key), 5) for key, _ in protocol.columns] if row["sequences"] else \
+                ["n/a"] * len(protocol.columns)
+            lines.append(f"| {scheme} | {row['sequences']} | " + " | ".join(cells) + " |")
+        left = {scheme: row["left_out"] for scheme, row in measured["schemes"].items() if row["left_out"]}
+        if left:
+            lines.append(f"\nLeft out, without frames at the positions k/{protocol.frames - 1}: "
+                         + ", ".join(f"{n} of {scheme}" for scheme, n in left.items()) + ".")
+        lines += ["", f"For comparison, {protocol.published}.", ""]
+    return lines
+
+
 def _markdown(report: dict) -> str:
     lines = [f"# Interpolation report ({report['created']})", "",
              f"{len(report['sequences'])} sequences of {report['pairs']} pairs. FID between the input images and "
@@ -135,6 +182,10 @@ def _markdown(report: dict) -> str:
               "pairs FID rests on a rank-deficient covariance and compares schemes only roughly.", "",
               "Plots: plots/metrics.png (per scheme) and plots/steps_<space>.png (each sequence's steps along "
               "the path)."]
+    if report["protocols"]:
+        lines += ["", "## The peers' protocols", "", "Measured as interp/metrics/protocols.py defines them (neither "
+                  "paper publishes its evaluation code). Their tables are for 768 px frames of MorphBench or "
+                  "Morph4Data: compare runs of those pairs at that size.", "", *_protocol_tables(report)]
     return "\n".join(lines) + "\n"
 
 
@@ -157,6 +208,10 @@ def write_report(out: str, report: dict) -> None:
     _write_csv(os.path.join(out, "sequences.csv"), ["run", "scheme", "pair", "space", "total", "max", "smoothness", "steps"],
                [[q["run"], q["scheme"], q["pair"], s, m["total"], m["max"], m["smoothness"], ";".join(f"{d:.6g}" for d in m["steps"])]
                 for q in report["sequences"] for s, m in q["spaces"].items()])
+    _write_csv(os.path.join(out, "protocols.csv"), ["protocol", "scheme", "sequences", "left_out", "measure", "value"],
+               [[name, scheme, row["sequences"], row["left_out"], key, row.get(key)]
+                for name, measured in report["protocols"].items() for scheme, row in measured["schemes"].items()
+                for key, _ in PROTOCOLS[name].columns])
     with atomic_path(os.path.join(out, "report.md")) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(_markdown(report))
     names = list(rows)
@@ -180,7 +235,9 @@ def evaluate(args) -> dict:
     check_writable(args.out, "--out", folder=True)
     sequences = _sequences(find_runs(args.runs))
     device = check_device(args.device)
-    spaces = tuple(dict.fromkeys(("inception", *args.features)))  # FID needs inception
+    protocols = [PROTOCOLS[name] for name in args.protocols]
+    measurable = any(p.picks(s) is not None for p in protocols for s in sequences)
+    spaces = tuple(dict.fromkeys(("inception", *args.features, *[PROTOCOL_SPACE] * measurable)))  # FID: inception
     features = FeatureFiles.of(args)
     files = wanted_files(spaces, features)
     resolved = iter(weights.resolve_all([want for wants in files.values() for want in wants]))
@@ -194,15 +251,21 @@ def evaluate(args) -> dict:
                 steps = loaded[space].steps(seq.frames)
                 paths[seq.folder, space] = {**path_metrics(steps), "steps": steps}
         rows = scheme_rows(sequences, args.features, paths, loaded["inception"], args.seed)
+        peers = {p.name: {"source": p.source, "frames": p.frames,
+                          "schemes": {scheme: p.measure(group, loaded.get(PROTOCOL_SPACE), loaded["inception"], args.seed)
+                                      for scheme, group in by_scheme(sequences).items()}} for p in protocols}
     finally:
         cache.save()  # what was computed is kept, even when interrupted
     report = {"created": datetime.now().astimezone().isoformat(timespec="seconds"), "features": list(args.features),
-              "seed": args.seed, "pairs": len({s.pair_key for s in sequences}), "schemes": rows,
+              "seed": args.seed, "pairs": len({s.pair_key for s in sequences}), "schemes": rows, "protocols": peers,
               "sequences": [{"run": s.folder, "scheme": s.scheme, "pair": s.pair, "positions": list(s.positions),
                              "spaces": {sp: paths[s.folder, sp] for sp in args.features}} for s in sequences]}
     write_report(args.out, report)
     print("\n".join(_table(report)))
-    print(f"wrote {os.path.join(args.out, 'report.md')} (and report.csv, sequences.csv, report.json, plots/)")
+    if peers:
+        print("\n" + "\n".join(_protocol_tables(report)).rstrip())
+    print(f"wrote {os.path.join(args.out, 'report.md')} (and report.csv, protocols.csv, sequences.csv, report.json, "
+          "plots/)")
     return report
 
 

@@ -17,11 +17,12 @@ import csv
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ldm.errors import UserError
 from ldm.runtime import Parser
 
+from ..schemes import scheme as find_scheme
 from .options import Options, parse, parser as interpolate_parser
 
 IMAGE_COLUMNS = ("image_a", "image_b", "images")
@@ -162,6 +163,8 @@ def tasks(path, out: str, schemes: list, common: list, check) -> list:
             for scheme in schemes:
                 given = parse([*images, *common, *own, "--scheme", scheme, "--out", os.path.join(out, pair, scheme)],
                               cls=_Refuse)
+                if not find_scheme(scheme).poses:  # the keypoints are for the schemes that use them
+                    given = replace(given, poses=None, settings=replace(given.settings, pose=False))
                 check(given)
                 found.append(Task(line, pair, scheme, given))
         except UserError as e:

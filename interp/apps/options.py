@@ -277,6 +277,9 @@ def parse(argv=None, cls=Parser) -> Options:
     if args["preview"] and args["preset"] not in (None, "preview"):
         p.error(f"--preview is --preset preview: give one of --preview and --preset {args['preset']}")
     given = _given(cls, argv)
+    if "poses" in given and "pose" not in given:  # keypoints given turn pose guidance on, whatever a profile says
+        args["pose"] = True
+        given.add("pose")
     profiles = [PRESETS["preview" if args["preview"] else args["preset"]]] if args["preview"] or args["preset"] else []
     if args["baselines"] == "authors":
         profiles.append(BASELINE_DEFAULTS.get(find_scheme(args["scheme"]).name, {}))
@@ -285,7 +288,7 @@ def parse(argv=None, cls=Parser) -> Options:
     for values in profiles:  # a profile's value unless the option is given; a later profile wins
         args.update({k: v for k, v in values.items() if k not in given})
     if args["pose"] is None:
-        args["pose"] = args["poses"] is not None or DEFAULTS.pose
+        args["pose"] = DEFAULTS.pose
     files = ModelFiles(sd=args["ckpt"], controlnet=args["controlnet"], clip=args["clip"], clip_config=args["clip_config"],
                        openpose=tuple(args["pose_model"] or ModelFiles.openpose), config=args["config"],
                        prediction=args["prediction"], device=args["device"], dtype=args["dtype"], compile=args["compile"])
