@@ -91,3 +91,13 @@ def test_the_scheme_cost_counts_every_unet_call(capsys):
     assert ours["inversion_flops"] == pytest.approx(500 * 4 * 3 * plain / 7, rel=1e-6) and ours["flops"] > fm["flops"]
     assert "| freemorph | 7 | 5 |" in capsys.readouterr().out
     assert freemorph.calls(5) == fm["unet_calls"]
+
+
+def test_the_malloc_benchmark_measures_each_setting(tiny_dir, capsys):
+    """tools/bench_malloc.py on the tiny UNet: every setting in a process of its own, forward and backward."""
+    import bench_malloc
+    rows = bench_malloc.main(["--ckpt", str(tiny_dir / "tiny.safetensors"), "--side", "8", "--batch", "2", "--train",
+                              "--dtype", "float32"])
+    assert [r["setting"] for r in rows] == list(bench_malloc.SETTINGS)
+    assert all(r["seconds"] > 0 and r["faults"] >= 0 and r["peak_rss_gb"] > 0 for r in rows)
+    assert "| keep |" in capsys.readouterr().out
