@@ -31,9 +31,15 @@ imports only the unused `save_image`, is stubbed while freemorph imports when it
 
 It takes about 2.5 minutes on 2 cores (280 UNet calls of batch 7) and writes the same tensors each run there.
 DDIMInverseScheduler warns that it ignores `skip_prk_steps` of the SD 2.1 config: as it does in freemorph.py.
+
+`--ckpt FILE [--latent-side N]` checks a full-size SD 2.1 UNet once instead (a synthetic checkpoint of
+tools/make_fixture_weights.py will do; full-size weights cannot be fixtures): the same pipeline from seeded
+inputs of its shapes, run by their code on the converted UNet and by interp/freemorph.py on ours, and prints
+the largest differences of the inverted, filtered and morphed latents; nothing is written.
 """
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import importlib
 import io
@@ -69,6 +75,7 @@ PROCESSOR_TIMESTEP = 500
 HOOKED_BLOCK = "mid_block."
 LATENT = (1, 4, 32, 32)
 TOKENS = (1, 77, 64)
+FULL_TOKENS = (1, 77, 1024)  # SD 2.1's text width
 
 
 def load_freemorph(folder):
@@ -120,21 +127,22 @@ def diffusers_unet_config(unet_kwargs):
     }
 
 
-def to_diffusers(tensors):
-    """Our tiny UNet's weights (ldm keys) in a diffusers UNet2DConditionModel, loaded strictly."""
+def to_diffusers(tensors, kwargs=None):
+    """Our UNet's weights (ldm keys) in a diffusers UNet2DConditionModel, loaded strictly (`kwargs`: the ldm
+    UNet's architecture, by default the tiny one's)."""
     from diffusers import UNet2DConditionModel
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
-    kwargs = json.loads(CONFIG.read_text())["unet"]["kwargs"]
+    kwargs = kwargs or json.loads(CONFIG.read_text())["unet"]["kwargs"]
     unet = UNet2DConditionModel(**diffusers_unet_config(kwargs)).eval()
     unet.load_state_dict(convert_ldm_unet_checkpoint(tensors, unet.config), strict=True)
     return unet
 
 
 @torch.no_grad()
-def conversion_error(ours, theirs):
+def conversion_error(ours, theirs, latent=LATENT, tokens=TOKENS):
     """Max abs difference of the two UNets on random latents, timesteps (10, 980) and context."""
     g = torch.Generator().manual_seed(1)
-    x, context = torch.randn(2, 4, 32, 32, generator=g), torch.randn(2, 77, 64, generator=g)
+    x, context = torch.randn(2, *latent[1:], generator=g), torch.randn(2, *tokens[1:], generator=g)
     t = torch.tensor([10, 980])
     return (ours(x, t, context) - theirs(x, t, encoder_hidden_states=context).sample).abs().max().item()
 
@@ -149,11 +157,11 @@ def schedulers():
     return forward, invert
 
 
-def inputs():
+def inputs(latent=LATENT, tokens=TOKENS):
     """Latents, embeddings and the injection noise, drawn in this order from one generator (seed 0)."""
     g = torch.Generator().manual_seed(0)
-    shapes = {"lat_a": LATENT, "lat_b": LATENT, "cond_a": TOKENS, "cond_b": TOKENS, "uncond": TOKENS,
-              "injection_noise": LATENT}
+    shapes = {"lat_a": latent, "lat_b": latent, "cond_a": tokens, "cond_b": tokens, "uncond": tokens,
+              "injection_noise": latent}
     return {name: torch.randn(shape, generator=g) for name, shape in shapes.items()}, g
 
 
@@ -279,14 +287,51 @@ def metadata(args, unet, error, fm_folder):
     }
 
 
+def full_size_check(fm, ckpt, side: int) -> dict:
+    """Their pipeline on the converted full-size UNet of `ckpt` against interp/freemorph.py on ours, from the
+    same seeded inputs of [1, 4, side, side] latents: the largest differences, and their scale."""
+    import ldm
+    from interp import freemorph
+    sd = ldm.load_checkpoint(ckpt, fast=False, prediction="v")
+    sd.unet.eval()
+    latent = (1, 4, side, side)
+    kwargs = {**dataclasses.asdict(sd.config.unet), "image_size": 96, "use_linear_in_transformer": True}  # SD 2.1
+    prefix = "model.diffusion_model."
+    unet = to_diffusers({k: v.float() for k, v in load_file(ckpt).items() if k.startswith(prefix)}, kwargs)
+    error = conversion_error(sd.unet, unet, latent, FULL_TOKENS)
+    fm.unet, fm.steps = unet, STEPS
+    fm.forward_scheduler, fm.invert_scheduler = schedulers()
+    x, _ = inputs(latent, FULL_TOKENS)
+    theirs = run_pipeline(fm, x)
+    ddim = freemorph.sampler(sd, STEPS)
+    k = int(STEPS * EDIT_STRENGTH)
+    ours = {"inverted": freemorph.invert(sd, ddim, theirs["slerped"], theirs["text_cond"], k),
+            "morphed": freemorph.denoise(sd, ddim, theirs["filtered"], theirs["text_cond"], theirs["text_uncond"],
+                                         GUIDANCE, theirs["coef"], k)}
+    z = torch.cat([ours["inverted"][:1], *[freemorph.inject_noise(ours["inverted"][i:i + 1], x["injection_noise"], h)
+                                           for i, h in enumerate(freemorph.half_widths(FRAMES, side, side), 1)],
+                   ours["inverted"][-1:]])
+    ours["filtered"] = z
+    return {"unet_conversion": error, **{name: ((ours[name] - theirs[name]).abs().max().item(),
+                                                 theirs[name].abs().max().item()) for name in ours}}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--freemorph", required=True, help="folder with the authors' " + ", ".join(SOURCES))
     p.add_argument("--commit", required=True, help="the FreeMorph commit those files were taken from")
     p.add_argument("--out", default=str(OUT))
+    p.add_argument("--ckpt", default=None, help="check this full-size SD 2.1 checkpoint's UNet instead (no file written)")
+    p.add_argument("--latent-side", type=int, default=8, help="with --ckpt: the latents' side")
     args = p.parse_args(argv)
     torch.set_grad_enabled(False)
     fm = load_freemorph(args.freemorph)
+    if args.ckpt:
+        found = full_size_check(fm, args.ckpt, args.latent_side)
+        print(f"UNet conversion max abs diff {found.pop('unet_conversion'):.3e}")
+        for name, (diff, scale) in found.items():
+            print(f"{name}: max abs diff {diff:.3e} (largest value {scale:.3g})")
+        return
     with tempfile.TemporaryDirectory() as tmp:
         ours, tensors = tiny_unet(tmp)
         unet = to_diffusers(tensors)
