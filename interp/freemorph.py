@@ -110,6 +110,14 @@ def inject_noise(x: torch.Tensor, noise: torch.Tensor, half: tuple) -> torch.Ten
     return torch.fft.ifftn(torch.fft.ifftshift(mixed, dim=(-2, -1)), dim=(-2, -1)).real.to(x.dtype)
 
 
+def inject_inner(x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """The batch x [frames, 4, h, w] with every inner frame's high frequencies taken from `noise` (its
+    `half_widths`); the end frames as they are."""
+    halves = half_widths(len(x), *x.shape[-2:])
+    inner = [inject_noise(x[i:i + 1], noise, half) for i, half in enumerate(halves, 1)]
+    return torch.cat([x[:1], *inner, x[-1:]])
+
+
 # --- the attention of the batch: each takes the module's own kernel (`ldm.nets.attention.attention`, or what
 # the acceleration layer put in its place) and returns the kernel to use over [frames, heads, L, d] tensors
 
@@ -213,9 +221,7 @@ def morph(sd, z_a, z_b, positions, text, guidance: float, steps: int, noise: tor
     x = slerp_rows(z_a.float(), z_b.float(), positions).to(z_a.device)
     cond, uncond = (e.to(z_a.device) for e in text.at(positions))
     x = invert(sd, ddim, x, cond, k, callback)
-    h, w = x.shape[-2:]
-    inner = [inject_noise(x[i:i + 1], noise, half) for i, half in enumerate(half_widths(len(positions), h, w), 1)]
-    x = torch.cat([x[:1], *inner, x[-1:]])
+    x = inject_inner(x, noise)
     x = denoise(sd, ddim, x, cond, uncond, guidance, beta_quantiles(positions), k, callback)
     if not torch.isfinite(x).all():
         raise UserError(f"FreeMorph produced NaN/inf: {nan_advice(sd.dtype)}")

@@ -308,10 +308,7 @@ def full_size_check(fm, ckpt, side: int) -> dict:
     ours = {"inverted": freemorph.invert(sd, ddim, theirs["slerped"], theirs["text_cond"], k),
             "morphed": freemorph.denoise(sd, ddim, theirs["filtered"], theirs["text_cond"], theirs["text_uncond"],
                                          GUIDANCE, theirs["coef"], k)}
-    z = torch.cat([ours["inverted"][:1], *[freemorph.inject_noise(ours["inverted"][i:i + 1], x["injection_noise"], h)
-                                           for i, h in enumerate(freemorph.half_widths(FRAMES, side, side), 1)],
-                   ours["inverted"][-1:]])
-    ours["filtered"] = z
+    ours["filtered"] = freemorph.inject_inner(ours["inverted"], x["injection_noise"])
     return {"unet_conversion": error, **{name: ((ours[name] - theirs[name]).abs().max().item(),
                                                  theirs[name].abs().max().item()) for name in ours}}
 

@@ -26,8 +26,8 @@ from ldm.load.model import check_device
 from ldm.runtime import Parser, add_device_arg, number, run
 
 from ..metrics import plots
-from ..metrics.measure import (AUTHORS_LABEL, SPACES, Cache, FeatureFiles, Sequence, add_feature_args, fid, find_runs, load_spaces,
-                               parse_spaces, path_metrics, wanted_files)
+from ..metrics.measure import (AUTHORS_LABEL, SPACES, Cache, FeatureFiles, Sequence, add_feature_args, fid, find_runs,
+                               input_frames, load_spaces, parse_spaces, path_metrics, wanted_files)
 from ..metrics.protocols import PROTOCOLS, SPACE as PROTOCOL_SPACE
 from ..schemes import SCHEMES
 from .rundir import write_json
@@ -108,13 +108,12 @@ def by_scheme(sequences) -> dict:
             for scheme in sorted({s.scheme for s in sequences}, key=rank)}
 
 
-def scheme_rows(sequences, spaces, paths: dict, inception, seed: int) -> dict:
-    """{scheme: row} in Table 1's order; `paths` is {(folder, space): path_metrics of its steps} for each space of
-    `spaces`."""
+def scheme_rows(groups: dict, spaces, paths: dict, inception, seed: int) -> dict:
+    """{scheme: row} of `groups` ({scheme: its sequences}, `by_scheme`); `paths` is {(folder, space): path_metrics
+    of its steps} for each space of `spaces`."""
     rows = {}
-    for scheme, group in by_scheme(sequences).items():
-        inputs = list({f.sha256: f for s in group for f in (s.frames[0], s.frames[-1])}.values())
-        reference = inception.vectors(inputs)
+    for scheme, group in groups.items():
+        reference = inception.vectors(input_frames(s.frames for s in group))
         row = {"sequences": len(group), "pairs": len({s.pair_key for s in group}),
                "fid_two_random": fid(reference, inception.vectors(_two_random(group, seed))),
                "fid_all": fid(reference, inception.vectors([f for s in group for f in s.frames[1:-1]])),
@@ -159,8 +158,7 @@ def _protocol_tables(report: dict) -> list:
                   "| Scheme | n | " + " | ".join(h for _, h in protocol.columns) + " |",
                   "|" + "---|" * (2 + len(protocol.columns))]
         for scheme, row in measured["schemes"].items():
-            cells = [_number(row.get(key), 5) for key, _ in protocol.columns] if row["sequences"] else \
-                ["n/a"] * len(protocol.columns)
+            cells = [_number(row.get(key), 5) for key, _ in protocol.columns]  # n/a where none was measured
             lines.append(f"| {scheme} | {row['sequences']} | " + " | ".join(cells) + " |")
         left = {scheme: row["left_out"] for scheme, row in measured["schemes"].items() if row["left_out"]}
         if left:
@@ -250,10 +248,11 @@ def evaluate(args) -> dict:
             for space in args.features:
                 steps = loaded[space].steps(seq.frames)
                 paths[seq.folder, space] = {**path_metrics(steps), "steps": steps}
-        rows = scheme_rows(sequences, args.features, paths, loaded["inception"], args.seed)
+        groups = by_scheme(sequences)
+        rows = scheme_rows(groups, args.features, paths, loaded["inception"], args.seed)
         peers = {p.name: {"source": p.source, "frames": p.frames,
                           "schemes": {scheme: p.measure(group, loaded.get(PROTOCOL_SPACE), loaded["inception"], args.seed)
-                                      for scheme, group in by_scheme(sequences).items()}} for p in protocols}
+                                      for scheme, group in groups.items()}} for p in protocols}
     finally:
         cache.save()  # what was computed is kept, even when interrupted
     report = {"created": datetime.now().astimezone().isoformat(timespec="seconds"), "features": list(args.features),

@@ -113,6 +113,11 @@ def path_metrics(steps) -> dict:
     return {"total": float(np.sum(steps)), "max": float(np.max(steps)), "smoothness": 1.0 - gini(steps)}
 
 
+def input_frames(sequences) -> list:
+    """The first and last frames (the input images) of `sequences` (each a list of frames), each image once."""
+    return list({f.sha256: f for frames in sequences for f in (frames[0], frames[-1])}.values())
+
+
 def fid(reference: torch.Tensor, samples: torch.Tensor):
     """FID between two sets of Inception vectors (rows); None when either set is too small for a covariance."""
     if len(reference) < 2 or len(samples) < 2:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .measure import fid
+from .measure import fid, input_frames
 
 SPACE = "lpips-alex"  # the adjacent distances of both protocols
 
@@ -67,7 +67,7 @@ class Protocol:
 
 class FreeMorphProtocol(Protocol):
     def row(self, measured, inception, seed: int) -> dict:
-        reference = _inputs(measured, inception)
+        reference = inception.vectors(input_frames(frames for frames, _ in measured))
         fids = [fid(reference, inception.vectors([frames[j] for frames, _ in measured])) for j in range(1, self.frames - 1)]
         return {"lpips_sum": float(sum(np.sum(d) for _, d in measured)),
                 "fid_mean": None if None in fids else float(np.mean(fids)),
@@ -78,18 +78,14 @@ class DiffMorpherProtocol(Protocol):
     DRAWS = 10
 
     def row(self, measured, inception, seed: int) -> dict:
-        reference, rng, fids = _inputs(measured, inception), np.random.default_rng(seed), []
+        reference = inception.vectors(input_frames(frames for frames, _ in measured))
+        rng, fids = np.random.default_rng(seed), []
         for _ in range(self.DRAWS):
             drawn = [frames[1 + k] for frames, _ in measured for k in sorted(rng.choice(self.frames - 2, 2, replace=False))]
             fids.append(fid(reference, inception.vectors(drawn)))
         return {"fid": None if None in fids else float(np.mean(fids)),
                 "ppl": float(np.mean([self.ppl(d) for _, d in measured])),
                 "pdv": float(np.mean([np.var(d) for _, d in measured]))}
-
-
-def _inputs(measured, inception):
-    """The Inception vectors of the input images of the measured sequences, each image once."""
-    return inception.vectors(list({f.sha256: f for frames, _ in measured for f in (frames[0], frames[-1])}.values()))
 
 
 PROTOCOLS = {p.name: p for p in (
