@@ -232,6 +232,14 @@ class Studio:
                              f"confidence in 0..1, at most {MAX_PEOPLE} people")
         return [[[float(v) for v in j] for j in person] for person in people]
 
+    def under_way(self, command: dict) -> None:
+        """A command that starts work shows as under way from the moment it is answered (the run's thread takes it
+        from the queue a moment later), so that no one reads the round it replaces as still waiting."""
+        starts = {"reroll": f"re-rolling frame {command.get('frame')}", "accept": "making the next round",
+                  "revise": f"revising frame {command.get('frame')}"}
+        if command["kind"] in starts:
+            self.show(status="working", message=starts[command["kind"]])
+
     # --- the run's side ------------------------------------------------------------------------
 
     def chooser(self, steering):
@@ -415,5 +423,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.studio.show(error=message)
             self._json(400, {"error": message})
             return
+        self.studio.under_way(command)  # before answering: the next state read already shows the work it starts
         self._json(200, {"ok": True})
         self.studio.commands.put(command)  # once answered: "close" ends the process
