@@ -27,6 +27,11 @@ def test_compiled_unet_matches_eager(tiny_sd, cases):
         compiled = unet(cases["unet_x"], cases["unet_t"], cases["unet_context"])
     torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(compiled, cases["unet_out"], atol=1e-4, rtol=1e-4)
+    # Frozen: the weights are constants of the graph, so a weight changed afterwards is not seen (a compile
+    # option alone left them graph inputs, read on every call and never prepacked).
+    with torch.no_grad():
+        unet.out[2].bias.add_(1.0)
+        torch.testing.assert_close(unet(cases["unet_x"], cases["unet_t"], cases["unet_context"]), compiled)
 
 
 def test_compiled_slerp_matches_eager():

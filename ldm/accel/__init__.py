@@ -134,9 +134,15 @@ def compile_model(module, device, **options):
     (mode="reduce-overhead"), which record one graph per shape. On CPUs, inductor also freezes the weights
     of this network's inference (no-grad) graphs, which prepacks them for oneDNN, and callers keep the
     batch fixed (`ldm.sample.denoiser.in_batches(pad=True)`); graphs that need gradients (textual inversion) are
-    unaffected."""
+    unaffected.
+
+    Freezing is set process-wide, not as an option of this compile: dynamo decides whether the parameters are
+    constants of the graph from the global flag when it traces (`torch._dynamo.utils.is_parameter_freezing`),
+    so with the flag given as a compile option alone they stay inputs, nothing is folded or prepacked, and
+    the compiled UNet ran slower than the eager one (BENCHMARKS.md, 2026-12-03)."""
     if torch.device(device).type == "cpu":
-        options["options"] = {"freezing": True, **options.get("options", {})}
+        from torch._inductor import config as inductor
+        inductor.freezing = True
     elif options.get("mode") != "reduce-overhead":
         options.setdefault("dynamic", True)
     module.compile(**options)
