@@ -202,6 +202,25 @@ def test_micro_benchmark_times_the_real_ops():
             torch.testing.assert_close(faster(), plain(), atol=1e-4, rtol=1e-4, msg=name)
 
 
+def test_the_attention_trial_times_the_kernel_the_unet_runs(monkeypatch, tiny_sd, cases):
+    """The half-attention trial's inputs go to the same fused kernel as the UNet's own attention calls (3-D
+    inputs would be sent to torch's math kernel, and the verdict would be about the wrong kernel)."""
+    chosen = []
+
+    def record(q, k, v, **kwargs):
+        chosen.append(torch._fused_sdp_choice(q, k, v, **kwargs))
+        return torch.zeros_like(q)
+    monkeypatch.setattr(F, "scaled_dot_product_attention", record)
+    machine.trials(torch.bfloat16)["half_attention"][1]()
+    trial = set(chosen)
+    chosen.clear()
+    unet = accel.accelerate(copy.deepcopy(tiny_sd.unet).bfloat16())
+    with torch.no_grad():
+        unet(cases["unet_x"].bfloat16(), cases["unet_t"], cases["unet_context"].bfloat16())
+    assert chosen and trial == set(chosen) == {torch._fused_sdp_choice(*(torch.zeros(2, 5, 64, 64).bfloat16(),) * 3)}
+    assert trial != {torch._fused_sdp_choice(*(torch.zeros(10, 64, 64).bfloat16(),) * 3)}
+
+
 def test_bf16_convs_of_a_wrong_kernel_run_in_float32(monkeypatch):
     """Where torch's bf16 conv kernel is wrong for a shape (as on an AMX Xeon with torch 2.13), the checked
     conv finds it and computes that shape in float32; other shapes keep the bf16 kernel."""

@@ -24,7 +24,7 @@ from . import modules as fast
 
 MARGIN = 0.97   # a fast path is taken where its best time is at most this fraction of the plain op's
 ROUNDS = 5
-VERSION = 1     # bumped when the trials change, so that older verdicts are measured again
+VERSION = 2     # bumped when the trials change, so that older verdicts are measured again
 
 
 @functools.lru_cache(maxsize=1)
@@ -105,7 +105,9 @@ def trials(dtype) -> dict:
         "slice_feedforward": (lambda: ff(tokens[:1]), lambda: sliced_ff(tokens[:1])),
     }
     if "half_attention" in path_names(dtype):  # a half kernel that accumulates in float32, against the upcast
-        q, k, v = (randn(10, 4096, 64) for _ in range(3))
+        # [batch, heads, tokens, head dim], as the UNet calls it: torch sends 3-D inputs to its math kernel,
+        # not to the flash kernel the UNet's attention runs on.
+        q, k, v = (randn(2, 5, 4096, 64) for _ in range(3))
         out["half_attention"] = (lambda: fast.sdpa_float32(q, k, v), lambda: fast.sdpa(q, k, v))
     return out
 
