@@ -101,3 +101,13 @@ def test_the_malloc_benchmark_measures_each_setting(tiny_dir, capsys):
     assert [r["setting"] for r in rows] == list(bench_malloc.SETTINGS)
     assert all(r["seconds"] > 0 and r["faults"] >= 0 and r["peak_rss_gb"] > 0 for r in rows)
     assert "| keep |" in capsys.readouterr().out
+
+
+def test_the_attention_benchmark_times_every_kernel_against_the_reference():
+    """tools/bench_attention.py on a small shape: each kernel computes the same attention (so each time is of
+    a real kernel), flex_attention included."""
+    import bench_attention
+    rows = bench_attention.main(["--shapes", "1,2,256,64", "--dtypes", "float32", "bfloat16", "--repeats", "1"])
+    assert {r["kernel"] for r in rows} == {"fused", "fused on float32 copies", "chunked", "flex_attention, compiled"}
+    assert len(rows) == 8 and all(r["median_s"] > 0 for r in rows)
+    assert all(r["error"] < (1e-5 if r["dtype"] == "float32" else 2e-2) for r in rows), rows

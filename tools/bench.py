@@ -112,7 +112,9 @@ def unet_inputs(batch: int, size: int, dtype, device):
 
 def flops_of(model, fn) -> int:
     """FLOPs of one call, counted with the model's attention on the reference formula (the flop counter
-    does not see inside fused kernels)."""
+    does not see inside fused kernels), after a call that runs the one-time checks of each shape (the bf16
+    convolution check computes its shapes twice more, once)."""
+    fn()
     kernels = {m: m.__dict__.pop("attention") for m in model.modules() if "attention" in m.__dict__}
     try:
         with FlopCounterMode(display=False) as counter:

@@ -1,0 +1,83 @@
+#!/usr/bin/env python3
+"""Time the attention kernels PyTorch offers for the UNet's self-attention on this machine (not a test):
+torch's fused kernel at the dtype, the same on float32 copies (the upcast of `ldm.accel.modules.sdpa_float32`),
+`flex_attention` under torch.compile (inductor's CPU template) and scores / softmax / values in chunks of
+queries, each against the float32 reference, interleaved, medians.
+
+    python tools/bench_attention.py                           # level 1 and 2 of a 512 px UNet, bf16 and float32
+    python tools/bench_attention.py --shapes 2,5,4096,64 --dtypes bfloat16 --no-flex
+"""
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from ldm.accel import cpu_model  # noqa: E402
+from ldm.accel import modules as fast  # noqa: E402
+from ldm.load.checkpoint import parse_dtype  # noqa: E402
+
+CHUNK = 1024  # queries per chunk of the explicit kernel
+
+
+def chunked(q, k, v):
+    """softmax(q k^T / sqrt(d)) v, the scores and softmax of CHUNK queries at a time in float32."""
+    kt = k.float().transpose(-1, -2) * q.shape[-1] ** -0.5
+    return torch.cat([((part.float() @ kt).softmax(-1).to(v.dtype) @ v) for part in q.split(CHUNK, dim=-2)], -2)
+
+
+def kernels(flex: bool) -> dict:
+    out = {"fused": fast.sdpa, "fused on float32 copies": fast.sdpa_float32, "chunked": chunked}
+    if flex:
+        from torch.nn.attention.flex_attention import flex_attention
+        out["flex_attention, compiled"] = torch.compile(flex_attention)
+    return out
+
+
+def measure(shape, dtype, flex: bool, repeats: int) -> list:
+    """Per kernel: median seconds, GFLOP/s and the largest difference from the float32 reference."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(shape, generator=g).to(dtype) for _ in range(3))
+    reference = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
+    flops = 4 * q.shape[:-1].numel() * k.shape[-2] * q.shape[-1]
+    found = kernels(flex)
+    rows = {name: {"kernel": name, "error": (fn(q, k, v).float() - reference).abs().max().item(), "times": []}
+            for name, fn in found.items()}  # (the first call of each compiles, where it compiles)
+    for _ in range(repeats):
+        for name, fn in found.items():
+            t0 = time.perf_counter()
+            fn(q, k, v)
+            rows[name]["times"].append(time.perf_counter() - t0)
+    for row in rows.values():
+        row["median_s"] = statistics.median(row.pop("times"))
+        row["gflops"] = flops / row["median_s"] / 1e9
+    return list(rows.values())
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shapes", nargs="+", default=["2,5,4096,64", "2,10,1024,64"],
+                   help="batch,heads,tokens,head dim (default: levels 1 and 2 of a 512 px UNet at batch 2)")
+    p.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"])
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--no-flex", action="store_true", help="leave out flex_attention (it compiles)")
+    a = p.parse_args(argv)
+    print(f"cpu: {cpu_model()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    results = []
+    with torch.no_grad():
+        for dtype_name in a.dtypes:
+            for shape in a.shapes:
+                dims = tuple(int(n) for n in shape.split(","))
+                for row in measure(dims, parse_dtype(dtype_name), not a.no_flex, a.repeats):
+                    results.append({"dtype": dtype_name, "shape": shape, **row})
+                    print(f"{dtype_name:>9} {shape:>14} {row['kernel']:>26}: {row['median_s'] * 1e3:8.1f} ms "
+                          f"{row['gflops']:6.0f} GFLOP/s  max diff {row['error']:.2g}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
