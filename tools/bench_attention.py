@@ -2,7 +2,7 @@
 """Time the attention kernels PyTorch offers for the UNet's self-attention on this machine (not a test):
 torch's fused kernel at the dtype, the same on float32 copies (the upcast of `ldm.accel.modules.sdpa_float32`),
 `flex_attention` under torch.compile (inductor's CPU template) and scores / softmax / values in chunks of
-queries, each against the float32 reference, interleaved, medians.
+queries, each against the reference formula in float32 (`ldm.nets.attention.attention`), interleaved, medians.
 
     python tools/bench_attention.py                           # level 1 and 2 of a 512 px UNet, bf16 and float32
     python tools/bench_attention.py --shapes 2,5,4096,64 --dtypes bfloat16 --no-flex
@@ -14,12 +14,12 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ldm.accel import cpu_model  # noqa: E402
 from ldm.accel import modules as fast  # noqa: E402
 from ldm.load.checkpoint import parse_dtype  # noqa: E402
+from ldm.nets.attention import attention  # noqa: E402
 
 CHUNK = 1024  # queries per chunk of the explicit kernel
 
@@ -42,7 +42,7 @@ def measure(shape, dtype, flex: bool, repeats: int) -> list:
     """Per kernel: median seconds, GFLOP/s and the largest difference from the float32 reference."""
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(shape, generator=g).to(dtype) for _ in range(3))
-    reference = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
+    reference = attention(q.float(), k.float(), v.float())  # the model files' formula
     flops = 4 * q.shape[:-1].numel() * k.shape[-2] * q.shape[-1]
     found = kernels(flex)
     rows = {name: {"kernel": name, "error": (fn(q, k, v).float() - reference).abs().max().item(), "times": []}

@@ -39,6 +39,7 @@ ICON = (b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><circle cx
 MAX_BODY = 1 << 20
 MAX_PROMPT = 500
 MAX_PEOPLE = 10
+NEXT_ROUND = "making the next round"
 
 
 class BadRequest(Exception):
@@ -234,8 +235,9 @@ class Studio:
 
     def under_way(self, command: dict) -> None:
         """A command that starts work shows as under way from the moment it is answered (the run's thread takes it
-        from the queue a moment later), so that no one reads the round it replaces as still waiting."""
-        starts = {"reroll": f"re-rolling frame {command.get('frame')}", "accept": "making the next round",
+        from the queue a moment later), so that no one reads the round it replaces as still waiting. The one
+        place a command's work is announced: every command reaches the run's thread through here."""
+        starts = {"reroll": f"re-rolling frame {command.get('frame')}", "accept": NEXT_ROUND,
                   "revise": f"revising frame {command.get('frame')}"}
         if command["kind"] in starts:
             self.show(status="working", message=starts[command["kind"]])
@@ -260,7 +262,7 @@ class Studio:
                 frame = self.revising = command["frame"]
                 kept = self.out.state["frames"].get(str(frame), {}).get("kept")
                 self.kept_before = {} if kept is None else {frame: kept}
-                self.show(status="working", outputs=None, message=f"revising frame {frame}")
+                self.show(outputs=None)  # (working, as `under_way` showed it)
                 return frame
 
 
@@ -323,13 +325,12 @@ class Chooser:
             elif kind == "pose":
                 own[i]["keypoints"] = command["keypoints"]
                 self.steering.note_conditioning(i, keypoints=command["keypoints"])
-            elif kind == "reroll":
-                self.studio.show(status="working", message=f"re-rolling frame {i}")
+            elif kind == "reroll":  # (working, as `under_way` showed it)
                 pool.reroll(i, **own[i])
                 self.steering.note_roll(i, **own[i])
         with self.studio.lock:
             self.studio.choosing = None
-        self.studio.show(status="working", round=None, message="making the next round")
+        self.studio.show(status="working", round=None, message=NEXT_ROUND)  # also after a round's last pick
         return picks
 
 
