@@ -1,5 +1,5 @@
 """tools/: the fixture writer reproduces the reference weights' rule; the inspector reads headers only; the
-benchmark's end-to-end part runs the real command (its timings are not tested)."""
+benchmarks run on the tiny models (their timings are not tested)."""
 import json
 import os
 import subprocess
@@ -38,13 +38,28 @@ def test_inspect_checkpoint(tiny_dir):
     assert bad.returncode == 1 and bad.stderr.startswith("error:") and bad.stderr.count("\n") == 1
 
 
-def test_bench_times_the_interpolate_command(tiny_ckpt, tmp_path):
-    subprocess.run([sys.executable, str(ROOT / "tools" / "bench.py"), "--parts", "interp", "--ckpt", str(tiny_ckpt),
-                    "--dtypes", "float32", "--interp-size", "64", "--interp-frames", "5", "--interp-steps", "10",
-                    "--json", str(tmp_path / "bench.json")], capture_output=True, text=True, check=True)
-    (row,) = json.loads((tmp_path / "bench.json").read_text())["results"]
-    assert row["part"] == "interpolate" and row["frames"] == 5 and row["median_s"] > 0
-    assert row["unet_calls"] > 0
+def test_the_run_benchmark_splits_a_run_into_its_phases(tiny_dir, tmp_path):
+    subprocess.run([sys.executable, str(ROOT / "tools" / "bench_run.py"), "--ckpt", str(tiny_dir / "tiny.safetensors"),
+                    "--controlnet", str(tiny_dir / "controlnet.safetensors"), "--json", str(tmp_path / "run.json"),
+                    "--", "--frames", "5", "--steps", "4", "--size", "64", "--inversion-steps", "2", "--candidates", "1",
+                    "--dtype", "float32"], capture_output=True, text=True, check=True)
+    (row,) = json.loads((tmp_path / "run.json").read_text())["results"]
+    assert row["frames"] == 5 and row["size"] == [64, 64] and row["pose"] and row["inversion_steps"] == 2
+    assert set(row["phases"]) == {"start-up", "inversion", "frames"}
+    assert all(p["seconds"] > 0 and p["minor_faults"] >= 0 for p in row["phases"].values())
+    networks = row["networks"]
+    # textual inversion's forward passes record gradients; the frames' calls do not
+    assert {"unet with gradients", "unet without gradients", "controlnet without gradients",
+            "decoder without gradients"} <= set(networks)
+    inside = sum(u["seconds"] for name, u in networks.items() if name.endswith("without gradients"))
+    assert inside <= row["phases"]["frames"]["seconds"] + row["phases"]["inversion"]["seconds"]
+    assert sum(row["unet_shapes"].values()) == row["unet_calls"] > 0
+
+
+def test_the_run_benchmark_refuses_compiled_networks(tiny_dir):
+    bad = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_run.py"), "--ckpt", str(tiny_dir / "tiny.safetensors"),
+                          "--", "--compile"], capture_output=True, text=True)
+    assert bad.returncode == 1 and bad.stderr.startswith("error:") and "tools/bench.py --compile" in bad.stderr
 
 
 def test_the_gpu_check_runs_dry_on_the_cpu(tmp_path):
@@ -111,3 +126,15 @@ def test_the_attention_benchmark_times_every_kernel_against_the_reference():
     assert {r["kernel"] for r in rows} == {"fused", "fused on float32 copies", "chunked", "flex_attention, compiled"}
     assert len(rows) == 8 and all(r["median_s"] > 0 for r in rows)
     assert all(r["error"] < (1e-5 if r["dtype"] == "float32" else 2e-2) for r in rows), rows
+
+
+def test_the_unet_benchmark_splits_a_call_by_kind_of_operation(tiny_sd):
+    """tools/bench.py --by-op on the tiny UNet: its convolutions, projections, attention and norms each land in
+    their kind, and the kinds add up to the call."""
+    import bench
+    cfg = tiny_sd.config.unet
+    x, ctx = torch.randn(2, cfg.in_channels, 8, 8), torch.randn(2, 77, cfg.context_dim)
+    with torch.no_grad():
+        split = bench.our_ops(lambda: tiny_sd.unet(x, torch.tensor([10, 10]), ctx))
+    assert all(split[kind] > 0 for kind in ("convolution", "matmul", "attention", "normalisation", "other")), split
+    assert split["total"] == pytest.approx(sum(v for k, v in split.items() if k != "total"))

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Benchmark the model zoo on this machine (not a test): UNet step time per resolution, batch, dtype and
-compile mode, VAE decode, a short interpolation, peak RSS, FLOPs per call and the achieved fraction of the
+compile mode, VAE decode, peak RSS, FLOPs per call and the achieved fraction of the
 best matrix throughput measurable here. Optionally times peers with the same SD 2.1 configuration and the
 same weights side by side, interleaved, in the same process: diffusers' UNet2DConditionModel (compiled as
 well in the compiled rows) and OpenVINO's conversion of that same diffusers UNet (`--peer openvino`, which
@@ -9,7 +9,8 @@ needs diffusers too). Neither is a dependency of the package: install them in a 
     python tools/bench.py                                  # CPU defaults: 512 px, batch 2, fp32 and bf16
     python tools/bench.py --peer diffusers openvino --json bench.json
     python tools/bench.py --device cuda --dtypes bfloat16 float16 --sizes 512 768 --batch 16 --compile both
-    python tools/bench.py --parts interp --ckpt sd21.safetensors --dtypes bfloat16 --interp-frames 17
+
+A whole run of the method, split into its phases: tools/bench_run.py.
 
 Weights are random (SD 2.1 shapes, the fixture rule) unless --ckpt gives a checkpoint: speed does not
 depend on the values.
@@ -167,18 +168,73 @@ class PeerUNet(torch.nn.Module):
         return self.unet(x, t, encoder_hidden_states=context, return_dict=False)[0]
 
 
-def openvino_peer(peer: PeerUNet, x, t, ctx, dtype):
-    """OpenVINO's conversion of the diffusers UNet, compiled for the CPU at `dtype` (OpenVINO's
-    inference-precision hint) with torch's thread count and a latency hint; a callable of (x, t, ctx)."""
+def openvino_model(peer: PeerUNet, x, t, ctx):
+    """OpenVINO's conversion of the diffusers UNet, traced at the shapes of (x, t, ctx)."""
     import openvino
     with torch.no_grad():
-        model = openvino.convert_model(peer.float(), example_input=(x.float(), t, ctx.float()))
-    precision = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}[dtype]
-    compiled = openvino.compile_model(model, "CPU", config={
-        "INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": torch.get_num_threads(),
-        "PERFORMANCE_HINT": "LATENCY"})
+        return openvino.convert_model(peer.float(), example_input=(x.float(), t, ctx.float()))
+
+
+def openvino_compiled(model, x, t, ctx, dtype, **config):
+    """`model` (from `openvino_model`) reshaped to (x, t, ctx) and compiled for the CPU at `dtype` (OpenVINO's
+    inference-precision hint) with torch's thread count, a latency hint and `config`; with its inputs."""
+    import openvino
     inputs = [x.float().numpy(), t.numpy(), ctx.float().numpy()]
+    model.reshape({i: openvino.PartialShape(list(a.shape)) for i, a in enumerate(inputs)})
+    precision = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}[dtype]
+    return openvino.compile_model(model, "CPU", config={
+        "INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+        "PERFORMANCE_HINT": "LATENCY", **config}), inputs
+
+
+def openvino_call(model, x, t, ctx, dtype):
+    """A callable of no arguments: one call of `model` compiled at (x, t, ctx) and `dtype`."""
+    compiled, inputs = openvino_compiled(model, x, t, ctx, dtype)
     return lambda: compiled(inputs)[0]
+
+
+# What each kind of operation is called by the torch profiler (our UNet) and by OpenVINO's per-layer counters;
+# everything else (elementwise, reorders, copies, transposes) is "other".
+OP_KINDS = {
+    "convolution": ({"aten::mkldnn_convolution", "aten::convolution", "aten::_convolution",
+                     "mkldnn::_convolution_pointwise"}, {"Convolution"}),
+    "matmul": ({"aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm", "mkldnn::_linear_pointwise"},
+               {"FullyConnected", "MatMul"}),
+    "attention": ({"aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_attention_math",
+                   "aten::_softmax"}, {"ScaledDotProductAttention"}),
+    "normalisation": ({"aten::native_group_norm", "aten::native_layer_norm"}, {"MVN", "GroupNormalization"}),
+}
+
+
+def kind_of(name: str, ours: bool) -> str:
+    return next((kind for kind, names in OP_KINDS.items() if name in names[0 if ours else 1]), "other")
+
+
+def seconds_by_kind(pairs) -> dict:
+    """{kind: seconds} of (kind, seconds) pairs, every kind present, and their total."""
+    out = dict.fromkeys([*OP_KINDS, "other"], 0.0)
+    for kind, seconds in pairs:
+        out[kind] += seconds
+    return {**out, "total": sum(out.values())}
+
+
+def our_ops(fn) -> dict:
+    """Seconds of one call of `fn` by kind of operation (torch profiler, each op's own time)."""
+    with torch.profiler.profile() as prof:
+        fn()
+    return seconds_by_kind((kind_of(e.key, True), e.self_cpu_time_total / 1e6) for e in prof.key_averages())
+
+
+def openvino_ops(model, x, t, ctx, dtype) -> dict:
+    """Seconds of one OpenVINO call by kind of layer (its per-layer counters; a fused attention is a
+    `Subgraph` named after the ScaledDotProductAttention it holds)."""
+    compiled, inputs = openvino_compiled(model, x, t, ctx, dtype, PERF_COUNT="YES")
+    request = compiled.create_infer_request()
+    for _ in range(2):  # the counters are the last call's
+        request.infer(inputs)
+    return seconds_by_kind(
+        ("attention" if "ScaledDotProductAttention" in p.node_name and p.node_type == "Subgraph" else kind_of(p.node_type, False),
+         p.real_time.total_seconds()) for p in request.profiling_info)
 
 
 def bench_unet(args, device, results):
@@ -199,7 +255,8 @@ def bench_unet(args, device, results):
             vino = None
             if peer is not None and "openvino" in args.peer:
                 t0 = time.perf_counter()
-                vino = openvino_peer(peer, x, t, ctx, dtype)
+                converted = openvino_model(peer, x, t, ctx)
+                vino = openvino_call(converted, x, t, ctx, dtype)
                 print(f"openvino: converted and compiled in {time.perf_counter() - t0:.0f} s")
             other = peer.to(device, dtype) if peer is not None and "diffusers" in args.peer else None
             for compiled in ([False, True] if args.compile == "both" else [args.compile == "on"]):
@@ -214,7 +271,7 @@ def bench_unet(args, device, results):
                 with torch.no_grad():
                     times = dict(zip(calls, interleaved(list(calls.values()), device, args.repeats, first)))
                 ours = times["ours"]
-                del fn, rival
+                fn = rival = calls = None  # the compiled copies go with them
                 if compiled:
                     torch._dynamo.reset()  # drop the compiled graphs and their frozen weights
                 row = {"part": "unet", "size": size, "batch": args.batch, "dtype": dtype_name, "compiled": compiled,
@@ -227,6 +284,11 @@ def bench_unet(args, device, results):
                     if name in times:
                         row[f"{name}_median_s"] = statistics.median(times[name])
                         row[ratio] = statistics.median(ours) / row[f"{name}_median_s"]
+                if args.by_op and not compiled:
+                    with torch.no_grad():
+                        row["by_op"] = {"ours": our_ops(lambda: model(x, t, ctx))}
+                        if vino is not None:
+                            row["by_op"]["openvino"] = openvino_ops(converted, x, t, ctx, dtype)
                 results.append(row)
                 print(row)
 
@@ -275,44 +337,12 @@ def bench_vae(args, device, results):
             print(row)
 
 
-def bench_interp(args, device, results):
-    """The `interpolate` command end to end on two generated pictures with a short schedule (no inversion,
-    no pose, one candidate): wall time (whole command, and the frames alone) and UNet calls."""
-    import tempfile
-
-    import numpy as np
-    from PIL import Image
-
-    from interp.apps.options import parse
-    from interp.apps.run import make as interpolate
-    if not args.ckpt:
-        raise SystemExit("--parts interp needs --ckpt (e.g. python tools/make_fixture_weights.py sd --out sd21.safetensors)")
-    yy, xx = np.mgrid[0:args.interp_size, 0:args.interp_size] / args.interp_size
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = []
-        for name, rgb in (("a", (xx, yy, 1 - xx)), ("b", (1 - yy, xx * yy, yy))):
-            paths.append(f"{tmp}/{name}.png")
-            Image.fromarray((np.stack(rgb, -1) * 255).astype(np.uint8)).save(paths[-1])
-        for dtype_name in args.dtypes:
-            argv = [*paths, "--prompt", "a photograph", "--ckpt", args.ckpt, "--device", str(device),
-                    "--dtype", dtype_name, "--frames", str(args.interp_frames), "--steps", str(args.interp_steps),
-                    "--size", str(args.interp_size), "--inversion-steps", "0", "--candidates", "1", "--no-pose",
-                    "--out", f"{tmp}/run-{dtype_name}", "--overwrite"] + (["--compile"] if args.compile == "on" else [])
-            state = interpolate(parse(argv)).state
-            seconds = state["seconds"]
-            row = {"part": "interpolate", "size": args.interp_size, "dtype": dtype_name, "compiled": args.compile == "on",
-                   "frames": args.interp_frames, "steps": args.interp_steps, "unet_calls": state["unet_calls"],
-                   "median_s": seconds["total"], "frames_s": seconds["frames"]}
-            results.append(row)
-            print(row)
-
-
 COLUMNS = [  # (header, row key, width, format); a row without the key leaves the cell blank
     ("size", "size", 6, "d"), ("batch", "batch", 6, "d"), ("frames", "frames", 7, "d"), ("s/call", "median_s", 9, ".2f"),
     ("TFLOP", "tflop_per_call", 7, ".2f"), ("GFLOP/s", "gflops", 9, ".0f"), ("of peak", "fraction_of_peak", 8, ".0%"),
     ("diffusers", "diffusers_median_s", 11, ".2f"), ("ratio", "ratio", 7, ".2f"), ("vs NCHW", "ratio_vs_default", 8, ".2f"),
     ("openvino", "openvino_median_s", 10, ".2f"), ("ratio", "ratio_openvino", 7, ".2f"),
-    ("first call", "compile_s", 11, ".0f"), ("UNet calls", "unet_calls", 11, "d")]
+    ("first call", "compile_s", 11, ".0f")]
 
 
 def print_table(results):
@@ -321,6 +351,13 @@ def print_table(results):
         mode = "compiled" if r.get("compiled") else ("ch-last" if r.get("channels_last") else "eager")
         cells = "".join(f"{format(r[k], f) if k in r else '':>{w}}" for _, k, w, f in COLUMNS)
         print(f"{r['part']:<16}{r['dtype']:>10}{mode:>10}{cells}")
+    for r in results:
+        if "by_op" in r:
+            print(f"\nseconds of one UNet call by kind of operation, {r['dtype']}, {r['size']} px, batch {r['batch']} "
+                  "(ours: the torch profiler, each op's own time; OpenVINO: its per-layer counters)")
+            print(f"{'':<16}" + "".join(f"{k:>15}" for k in r["by_op"]["ours"]))
+            for who, seconds in r["by_op"].items():
+                print(f"{who:<16}" + "".join(f"{v:>15.2f}" for v in seconds.values()))
 
 
 def main(argv=None):
@@ -331,13 +368,11 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--compile", choices=["off", "on", "both"], default="off")
-    p.add_argument("--parts", nargs="+", choices=["unet", "vae", "interp"], default=["unet", "vae"],
-                   help="interp: the interpolate command end to end (needs --ckpt)")
-    p.add_argument("--interp-frames", type=int, default=5)
-    p.add_argument("--interp-steps", type=int, default=20, help="DDIM schedule length of the interpolation")
-    p.add_argument("--interp-size", type=int, default=512)
+    p.add_argument("--parts", nargs="+", choices=["unet", "vae"], default=["unet", "vae"])
     p.add_argument("--peer", nargs="+", choices=["diffusers", "openvino"], default=[],
                    help="time these beside ours (openvino: the UNet only, converted from the diffusers UNet)")
+    p.add_argument("--by-op", action="store_true",
+                   help="also split one eager UNet call by kind of operation (and OpenVINO's, with --peer openvino)")
     p.add_argument("--ckpt", default=None, help="time a real checkpoint instead of random weights")
     p.add_argument("--json", default=None, help="also write the results here")
     a = p.parse_args(argv)
@@ -349,8 +384,6 @@ def main(argv=None):
         bench_unet(a, device, results)
     if "vae" in a.parts:
         bench_vae(a, device, results)
-    if "interp" in a.parts:
-        bench_interp(a, device, results)
     print_table(results)
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
     meta = {"machine": platform.processor() or platform.machine(), "cpu": cpu_model(),
