@@ -221,9 +221,10 @@ def test_the_attention_trial_times_the_kernel_the_unet_runs(monkeypatch, tiny_sd
     assert trial != {torch._fused_sdp_choice(*(torch.zeros(10, 64, 64).bfloat16(),) * 3)}
 
 
-def test_bf16_convs_of_a_wrong_kernel_run_in_float32(monkeypatch):
+def test_bf16_convs_of_a_wrong_kernel_run_in_float32(monkeypatch, tmp_path):
     """Where torch's bf16 conv kernel is wrong for a shape (as on an AMX Xeon with torch 2.13), the checked
     conv finds it and computes that shape in float32; other shapes keep the bf16 kernel."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     conv_fn = F.conv2d
 
     def broken(x, w, b=None, stride=1, padding=0):  # a kernel that is wrong for bf16 inputs of width 2
@@ -243,6 +244,29 @@ def test_bf16_convs_of_a_wrong_kernel_run_in_float32(monkeypatch):
         assert not fast.bf16_conv_ok((1, 8, 16, 2), False, (8, 8, 3, 3), (2, 2), (1, 1))
         assert fast.bf16_conv_ok((1, 8, 16, 6), False, (8, 8, 3, 3), (2, 2), (1, 1))
     finally:
+        fast.bf16_conv_ok.cache_clear()
+
+
+def test_the_bf16_conv_verdicts_are_remembered_per_machine(monkeypatch, tmp_path):
+    """A shape is checked once per machine: a later process (here: the in-memory cache cleared) reads the
+    verdict from the file; another machine (another torch thread count) checks again."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    checks = []
+    checked = fast.bf16_conv_checked
+    monkeypatch.setattr(fast, "bf16_conv_checked", lambda *shape: checks.append(shape) or checked(*shape))
+    shape = ((1, 8, 16, 6), False, (8, 8, 3, 3), (1, 1), (1, 1))
+    threads = torch.get_num_threads()
+    fast.bf16_conv_ok.cache_clear()
+    try:
+        assert fast.bf16_conv_ok(*shape) and len(checks) == 1
+        fast.bf16_conv_ok.cache_clear()
+        assert fast.bf16_conv_ok(*shape) and len(checks) == 1
+        assert fast.bf16_conv_file().is_file()
+        fast.bf16_conv_ok.cache_clear()
+        torch.set_num_threads(threads + 1)
+        assert fast.bf16_conv_ok(*shape) and len(checks) == 2
+    finally:
+        torch.set_num_threads(threads)
         fast.bf16_conv_ok.cache_clear()
 
 

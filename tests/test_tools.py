@@ -53,7 +53,9 @@ def test_the_run_benchmark_splits_a_run_into_its_phases(tiny_dir, tmp_path):
             "decoder without gradients"} <= set(networks)
     inside = sum(u["seconds"] for name, u in networks.items() if name.endswith("without gradients"))
     assert inside <= row["phases"]["frames"]["seconds"] + row["phases"]["inversion"]["seconds"]
-    assert sum(row["unet_shapes"].values()) == row["unet_calls"] > 0
+    assert sum(c["calls"] for c in row["calls"]["unet"].values()) == row["unet_calls"] > 0
+    assert sum(c["seconds"] for c in row["calls"]["decoder"].values()) == pytest.approx(
+        networks["decoder without gradients"]["seconds"], abs=0.01)
 
 
 def test_the_run_benchmark_refuses_compiled_networks(tiny_dir):

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 
 import make_fixture_weights  # noqa: E402
-from ldm.accel.machine import cpu_model  # noqa: E402
+from ldm.accel.cpu import cpu_model  # noqa: E402
 
 TINY_CONFIG = ROOT.parent / "shared" / "reference" / "tiny" / "config.json"
 

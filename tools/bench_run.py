@@ -1,20 +1,20 @@
 #!/usr/bin/env python3
 """Time the method end to end on this machine (not a test), split into its phases: start-up (loading the
-networks), textual inversion, and the frames, inside which the UNet, ControlNet and VAE decoder calls are
-timed apart; each phase and each network with the minor page faults and the system time it caused, and the
-run's peak RSS. With `--peer openvino`, the run's UNet calls without gradients are timed again under
-OpenVINO (its conversion of the diffusers UNet with the same weights, at each batch the run used, called
-as often as the run called ours): what the same arithmetic costs there.
+networks), textual inversion (with the encoding of the inputs), and the frames; the UNet, ControlNet and
+VAE encoder and decoder calls are timed apart; each phase and each network with the minor page faults and
+the system time it caused, and the run's peak RSS. With `--peer openvino`, the run's UNet calls without
+gradients are timed again under OpenVINO (its conversion of the diffusers UNet with the same weights, at
+each batch the run used, called as often as the run called ours): what the same arithmetic costs there.
 
     python tools/bench_run.py --ckpt sd21.safetensors --controlnet cn.safetensors -- --preview --frames 17
     python tools/bench_run.py --ckpt sd21.safetensors --controlnet cn.safetensors --peer openvino \\
         -- --frames 17 --size 512 --steps 20 --inversion-steps 50 --candidates 1
 
 The options after `--` are the interpolate command's (the images, --ckpt, --controlnet, --poses and --out
-are this tool's; --prompt has a default). The inputs are two generated pictures; with --controlnet, a stick figure given as
-keypoints for each (pose guidance without OpenPose weights). Synthetic weights in the real layout
-(tools/make_fixture_weights.py) time the same as real ones. OpenVINO and diffusers are not dependencies of
-the package: install them in a throwaway environment.
+are this tool's; --prompt has a default). The inputs are two generated pictures; with --controlnet, a
+stick figure given as keypoints for each (pose guidance without OpenPose weights). Synthetic weights in
+the real layout (tools/make_fixture_weights.py) time the same as real ones. OpenVINO and diffusers are
+not dependencies of the package: install them in a throwaway environment.
 """
 import argparse
 import collections
@@ -36,6 +36,7 @@ import interp  # noqa: E402
 from bench import PeerUNet, SPEED_FLAGS, diffusers_peer, openvino_model, openvino_call, once, sync  # noqa: E402
 from interp.apps.options import parse  # noqa: E402
 from ldm import accel  # noqa: E402
+from ldm.errors import UserError  # noqa: E402
 
 # A standing figure in the 18 OpenPose keypoints (x, y in a unit square), its arms raised in image B.
 FIGURE = [(.50, .16), (.50, .28), (.38, .28), (.31, .44), (.28, .59), (.62, .28), (.69, .44), (.72, .59),
@@ -71,7 +72,7 @@ class Clock:
 
     def __init__(self, module, device):
         self.device, self.usage = device, {True: Usage(), False: Usage()}
-        self.shapes = collections.Counter()
+        self.shapes, self.shape_seconds = collections.Counter(), collections.Counter()
         module.register_forward_pre_hook(self.enter)
         module.register_forward_hook(self.leave)
 
@@ -82,9 +83,12 @@ class Clock:
     def leave(self, module, args, out):
         sync(self.device)
         grad = torch.is_grad_enabled()
+        before = self.usage[grad].seconds
         self.usage[grad].stop()
         if not grad:
-            self.shapes[tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor))] += 1
+            shape = tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor))
+            self.shapes[shape] += 1
+            self.shape_seconds[shape] += self.usage[grad].seconds - before
 
 
 def pictures(folder: Path, side: int, pose: bool) -> tuple:
@@ -142,7 +146,8 @@ def bench_run(args) -> tuple:
         controlnet = pipe.controlnet() if job.settings.pose and job.scheme.denoises else None
         phases["start-up"].stop()
         rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
-        clocks = {"unet": Clock(sd.unet, sd.device), "decoder": Clock(sd.vae.decoder, sd.device)}
+        clocks = {"unet": Clock(sd.unet, sd.device), "encoder": Clock(sd.vae.encoder, sd.device),
+                  "decoder": Clock(sd.vae.decoder, sd.device)}
         if controlnet is not None:
             clocks["controlnet"] = Clock(controlnet, sd.device)
 
@@ -161,7 +166,8 @@ def bench_run(args) -> tuple:
            "phases": {name: u.row() for name, u in phases.items()},
            "networks": {f"{name} {'with' if grad else 'without'} gradients": c.usage[grad].row()
                         for name, c in clocks.items() for grad in (True, False) if c.usage[grad].seconds},
-           "unet_shapes": {"x".join(map(str, k[0])): n for k, n in clocks["unet"].shapes.items()},
+           "calls": {name: {"x".join(map(str, k[0])): {"calls": n, "seconds": round(c.shape_seconds[k], 3)}
+                            for k, n in c.shapes.items()} for name, c in clocks.items()},
            "rss_after_loading_gib": round(rss_loaded, 2),
            "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)}
     return row, sd.unet, sd.dtype, clocks["unet"]
@@ -174,6 +180,9 @@ def print_row(row: dict):
     for title, parts in (("", row["phases"]), ("  ", row["networks"])):
         for name, u in parts.items():
             print(f"{title + name:<36}{u['seconds']:>10.1f}{u['minor_faults']:>14,}{u['system_s']:>10.1f}")
+    for name, shapes in row["calls"].items():
+        print(f"{name} calls without gradients: " + ", ".join(
+            f"{shape} x{c['calls']} ({c['seconds'] / c['calls']:.2f} s each)" for shape, c in shapes.items()))
     if "openvino" in row:
         v = row["openvino"]
         print(f"the same UNet calls: ours {v['ours_unet_s']:.1f} s, OpenVINO {v['unet_s']:.1f} s ({v['ratio']:.2f}x); "
@@ -193,7 +202,10 @@ def main(argv=None):
     a.run = a.run[1:] if a.run[:1] == ["--"] else a.run
     print(f"cpu: {accel.cpu_model()}, flags: {' '.join(sorted(accel.cpu_flags() & SPEED_FLAGS)) or 'none of note'}; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    row, unet, dtype, clock = bench_run(a)
+    try:
+        row, unet, dtype, clock = bench_run(a)
+    except UserError as e:
+        raise SystemExit(f"error: {e}") from None
     report(row, a.json)
     if "openvino" in a.peer:  # after the run is reported: converting the UNet takes minutes
         row["openvino"] = openvino_reference(unet, clock.shapes, dtype, a.repeats)

@@ -19,13 +19,15 @@ Which paths a device gets at a dtype is its `Policy`:
   (oneDNN instead of MKL), the feed-forward in row slices, each where the one-time micro-benchmark of
   `machine.py` found it faster than the plain op on this machine at this dtype (a half dtype the CPU only
   emulates gets the plain ops);
-* CPUs, bfloat16: convolutions of a shape that torch's bf16 kernel gets wrong on this CPU run in float32;
+* CPUs, bfloat16: convolutions of a shape that torch's bf16 kernel gets wrong on this CPU run in float32
+  (each shape checked once per machine, `modules.bf16_conv_ok`);
 * CUDA, half dtypes: GroupNorm32 without its float32 copy of the activations (CUDA's group_norm accumulates
   half inputs in float32 itself);
 * CPUs: the VAE in channels-last layout;
 * the dtype of `--dtype auto` (`default_dtype`).
 
-BENCHMARKS.md holds the measurements behind these choices and the CPU each was made on.
+`cpu.py` names the machine these verdicts are kept under. BENCHMARKS.md holds the measurements behind these
+choices and the CPU each was made on.
 `memory.py` holds the memory model: a network call's peak, counted on meta tensors, and the batch limits
 it allows.
 """
@@ -36,7 +38,8 @@ import torch.nn as nn
 
 from ..nets.blocks import FeedForward, GroupNorm32, SpatialTransformer, Upsample
 from ..nets.vae import AutoencoderKL
-from .machine import cpu_flags, cpu_model, measured_paths, path_names
+from .cpu import cpu_flags, cpu_model
+from .machine import measured_paths, path_names
 from . import modules as fast
 from .modules import ConvLinear, CpuConv2d, FoldedUpsample, HalfGroupNorm32, RowSlicedFeedForward
 

@@ -1,6 +1,5 @@
-"""What the CPU in hand is and what wins on it, found out once and remembered.
+"""What wins on the CPU in hand, found out once and remembered.
 
-* `cpu_flags()`, `cpu_model()`: /proc/cpuinfo.
 * `measured_paths(dtype)`: a micro-benchmark of each CPU path of `ldm.accel.modules` against the plain op
   it replaces, on shapes where the SD 2.1 UNet spends its time (about 8 s at float32 on a 2-core Zen 3,
   once). A path is taken only where it is faster by a margin. The verdict is cached per machine (CPU
@@ -9,8 +8,6 @@
 """
 import copy
 import functools
-import hashlib
-import platform
 import time
 from pathlib import Path
 
@@ -21,39 +18,11 @@ from ..files import json_cached, user_cache
 from ..nets.blocks import FeedForward
 from ..sample import rng
 from . import modules as fast
+from .cpu import machine
 
 MARGIN = 0.97   # a fast path is taken where its best time is at most this fraction of the plain op's
 ROUNDS = 5
 VERSION = 2     # bumped when the trials change, so that older verdicts are measured again
-
-
-@functools.lru_cache(maxsize=1)
-def cpuinfo() -> dict:
-    """The first processor's fields of /proc/cpuinfo (empty elsewhere)."""
-    fields = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, sep, value = line.partition(":")
-                if not sep:
-                    break
-                fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    return fields
-
-
-def cpu_flags() -> frozenset:
-    """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
-    return frozenset(cpuinfo().get("flags", "").split())
-
-
-def cpu_model() -> str:
-    """The CPU's model name with its family and model numbers."""
-    info = cpuinfo()
-    if not info:
-        return platform.processor() or platform.machine()
-    return f"{info.get('model name', '?')} (family {info.get('cpu family', '?')}, model {info.get('model', '?')})"
 
 
 def _best_times(plain, faster) -> tuple:
@@ -117,9 +86,7 @@ def cache_file() -> Path:
 
 
 def machine_key(dtype) -> str:
-    flags = hashlib.sha1(" ".join(sorted(cpu_flags())).encode()).hexdigest()[:12]
-    return f"v{VERSION} | {cpu_model()} | flags {flags} | torch {torch.__version__} | " \
-           f"{torch.get_num_threads()} threads | {str(dtype).removeprefix('torch.')}"
+    return f"v{VERSION} | {machine()} | {str(dtype).removeprefix('torch.')}"
 
 
 def measure(dtype) -> dict:

@@ -7,8 +7,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..files import json_cached, user_cache
 from ..nets.blocks import FeedForward, GroupNorm32, Upsample
 from ..sample import rng
+from .cpu import machine
+
 
 def sdpa(q, k, v, causal: bool = False):
     """`ldm.nets.attention.attention` through torch's fused scaled_dot_product_attention, for kernels that
@@ -64,11 +67,25 @@ def channels_last(x) -> bool:
     return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
+def bf16_conv_file():
+    return user_cache() / "bf16-convs.json"
+
+
 @functools.lru_cache(maxsize=None)
 def bf16_conv_ok(x_shape, nhwc: bool, w_shape, stride, padding) -> bool:
     """Whether torch's bfloat16 conv2d gives finite values within bfloat16 rounding of the float32 result for
     this shape and layout on this CPU: checked once per shape on random data of it (the kernel is what is
-    checked, not the values)."""
+    checked, not the values) and remembered per machine in `bf16_conv_file()`: the check costs about four
+    calls of the shape and each batch size is a shape of its own, which every process paid again before
+    (BENCHMARKS.md, 2026-12-03, fourth)."""
+    key = f"{machine()} | x {list(x_shape)}{' channels-last' if nhwc else ''} | w {list(w_shape)} | " \
+          f"stride {list(stride)} | padding {list(padding)}"
+    return json_cached(bf16_conv_file(), key, lambda: bf16_conv_checked(x_shape, nhwc, w_shape, stride, padding),
+                       valid=lambda verdict: isinstance(verdict, bool))
+
+
+def bf16_conv_checked(x_shape, nhwc: bool, w_shape, stride, padding) -> bool:
+    """`bf16_conv_ok`'s check itself."""
     g = rng.generator(0)
     x = rng.randn(x_shape, g).bfloat16()
     w = (rng.randn(w_shape, g) / (w_shape[1] * w_shape[2] * w_shape[3]) ** 0.5).bfloat16()
