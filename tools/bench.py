@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark the model zoo on this machine (not a test): UNet step time per resolution, batch, dtype and
-compile mode, VAE decode, peak RSS, FLOPs per call and the achieved fraction of the
-best matrix throughput measurable here. Optionally times peers with the same SD 2.1 configuration and the
+compile mode, VAE decode, peak RSS, FLOPs per call and the achieved fraction of the best matrix throughput
+measurable here. Optionally times peers with the same SD 2.1 configuration and the
 same weights side by side, interleaved, in the same process: diffusers' UNet2DConditionModel (compiled as
 well in the compiled rows) and OpenVINO's conversion of that same diffusers UNet (`--peer openvino`, which
 needs diffusers too). Neither is a dependency of the package: install them in a throwaway environment.
@@ -360,6 +360,13 @@ def print_table(results):
                 print(f"{who:<16}" + "".join(f"{v:>15.2f}" for v in seconds.values()))
 
 
+def machine_meta() -> dict:
+    """The machine a benchmark ran on, as its JSON records it."""
+    return {"machine": platform.processor() or platform.machine(), "cpu": cpu_model(),
+            "cpu_flags": sorted(accel.cpu_flags() & SPEED_FLAGS), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu")
@@ -386,10 +393,7 @@ def main(argv=None):
         bench_vae(a, device, results)
     print_table(results)
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
-    meta = {"machine": platform.processor() or platform.machine(), "cpu": cpu_model(),
-            "cpu_flags": sorted(accel.cpu_flags() & SPEED_FLAGS), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "device": str(device), "peak_rss_gib": peak_rss,
-            "date": time.strftime("%Y-%m-%d")}
+    meta = {**machine_meta(), "device": str(device), "peak_rss_gib": peak_rss}
     print(f"\n{meta}")
     if a.json:
         Path(a.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2))

@@ -33,7 +33,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import interp  # noqa: E402
-from bench import PeerUNet, SPEED_FLAGS, diffusers_peer, openvino_model, openvino_call, once, sync  # noqa: E402
+from bench import PeerUNet, SPEED_FLAGS, diffusers_peer, machine_meta, openvino_model, openvino_call, once, sync  # noqa: E402
 from interp.apps.options import parse  # noqa: E402
 from ldm import accel  # noqa: E402
 from ldm.errors import UserError  # noqa: E402
@@ -117,7 +117,8 @@ def openvino_reference(unet, shapes: collections.Counter, dtype, repeats: int) -
         g = torch.Generator().manual_seed(0)
         x, ctx = (torch.randn(shape[i], generator=g) for i in (0, 2))
         t = torch.full(shape[1], 500)
-        model = model or openvino_model(peer, x, t, ctx)
+        if model is None:  # converted once, reshaped to each shape
+            model = openvino_model(peer, x, t, ctx)
         call = openvino_call(model, x, t, ctx, dtype)
         call()
         per_call[shape] = statistics.median(once(call, torch.device("cpu")) for _ in range(repeats))
@@ -217,9 +218,7 @@ def main(argv=None):
 def report(row: dict, path):
     print_row(row)
     if path:
-        meta = {"cpu": accel.cpu_model(), "cpu_flags": sorted(accel.cpu_flags() & SPEED_FLAGS),
-                "threads": torch.get_num_threads(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
-        Path(path).write_text(json.dumps({"meta": meta, "results": [row]}, indent=2))
+        Path(path).write_text(json.dumps({"meta": machine_meta(), "results": [row]}, indent=2))
 
 
 if __name__ == "__main__":
