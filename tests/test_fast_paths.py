@@ -3,6 +3,10 @@ accelerated models vs the plain ones, fused vs reference attention, torch.compil
 folded vs upsample-then-conv, row-sliced vs whole feed-forward, sliced vs whole convolution weights, linear
 as 1x1 conv vs F.linear, split vs whole UNet batches, compiled vs eager slerp; and which paths each CPU gets."""
 import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -139,6 +143,7 @@ def test_cpu_paths_follow_the_measurement(monkeypatch):
             half_kernel = dtype == torch.float32 or won["half_attention"]  # float32: the upcast is a no-op
             assert p.attention is (fast.sdpa if half_kernel else fast.sdpa_float32)
             assert p.check_bf16_convs == (dtype == torch.bfloat16) and p.fold_upsample and p.vae_channels_last
+            assert p.keep_freed_memory
     monkeypatch.setattr(accel, "cpu_flags", lambda: frozenset({"avx2"}))  # bfloat16 only emulated: nothing measured
     monkeypatch.setattr(accel, "measured_paths", lambda dtype: pytest.fail("an emulated dtype is not measured"))
     p = accel.policy("cpu", torch.bfloat16)
@@ -146,6 +151,7 @@ def test_cpu_paths_follow_the_measurement(monkeypatch):
     cuda = accel.policy("cuda", torch.float16)
     assert cuda.attention is fast.sdpa and not (cuda.slice_convs or cuda.linear_as_conv or cuda.vae_channels_last)
     assert cuda.half_group_norm and not accel.policy("cuda", torch.float32).half_group_norm
+    assert not (cuda.keep_freed_memory or accel.policy("mps").keep_freed_memory)
     assert not p.half_group_norm  # (the CPU's)
     assert accel.policy("mps").attention is fast.sdpa_chunked
 
@@ -432,3 +438,46 @@ def test_chunked_attention_takes_the_queries_in_slices_of_bounded_scores(monkeyp
     monkeypatch.setattr(fast, "sdpa_float32", lambda q, *a: slices.append(q.shape[-2]) or real(q, *a))
     torch.testing.assert_close(fast.sdpa_chunked(q, k, v), attn.attention(q, k, v), atol=1e-5, rtol=1e-5)
     assert slices == [30, 30, 30, 10]
+
+
+HEAP_PROBE = """
+import ctypes, resource, sys
+from ldm.accel import heap
+kept = heap.keep_freed_memory() if sys.argv[1] == "keep" else None
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+
+def faults():  # the minor page faults of a call's buffers: 16 of 8 MiB, filled, then freed
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    held = [libc.malloc(8 << 20) for _ in range(16)]
+    for p in held:
+        ctypes.memset(p, 1, 8 << 20)
+    for p in held:
+        libc.free(p)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+print(kept, *[faults() for _ in range(4)])
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_freed_memory_is_kept_for_the_next_call(monkeypatch):
+    """glibc as it comes hands the freed top of its heap back and faults it in again on the next call; after
+    `heap.keep_freed_memory()` the next call reuses it. A user's own MALLOC_ setting is left in force."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+
+    def probe(setting, **extra):
+        done = subprocess.run([sys.executable, "-c", HEAP_PROBE, setting], capture_output=True, text=True,
+                              env={**env, **extra}, cwd=Path(__file__).resolve().parent.parent, check=True)
+        kept, *faults = done.stdout.split()
+        return kept, [int(n) for n in faults]
+    kept, faults = probe("default")
+    assert kept == "None" and min(faults) > 30_000  # each call's 128 MiB faulted in again, 4 kiB a page
+    kept, faults = probe("keep")
+    assert kept == "True" and faults[0] > 30_000 and max(faults[1:]) < 100  # the first call's pages reused
+    assert probe("keep", MALLOC_ARENA_MAX="2")[0] == "False"
+    calls = []
+    monkeypatch.setattr(accel, "measured_paths", lambda dtype: ALL_PATHS)
+    monkeypatch.setattr(accel.heap, "keep_freed_memory", lambda: calls.append("cpu"))
+    accel.accelerate(torch.nn.Conv2d(2, 2, 1), "cpu")
+    accel.accelerate(torch.nn.Conv2d(2, 2, 1), "meta")
+    assert calls == ["cpu"]  # by the acceleration layer, for CPU models

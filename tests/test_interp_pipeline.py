@@ -19,6 +19,7 @@ from interp.inversion import cache_key, denoising_loss, invert
 from interp.schemes import SCHEMES, input_chains, scheme
 from interp.settings import Settings
 from interp.slerp import slerp
+from ldm.accel import memory
 from ldm.images import placement
 from ldm.sample.ddim import DDIM
 
@@ -280,6 +281,28 @@ def test_textual_inversion_lowers_its_eps_loss(tiny_sd):
     assert len(losses) == 15 and all(len(pair) == 2 for pair in losses) and not tiny_sd.unet.gradient_checkpointing
     assert new_cond.shape == cond.shape and new_uncond.shape == uncond.shape
     assert loss(new_cond, new_uncond) < 0.95 * loss(cond, uncond)
+
+
+def test_inversion_keeps_the_activations_where_they_fit_with_the_same_result(tiny_sd, monkeypatch):
+    """Where the training step's activations fit in the free memory the backward pass reads them; else each
+    block runs again (gradient checkpointing). The two give the same embeddings and losses."""
+    g = torch.Generator().manual_seed(5)
+    images = torch.rand(2, 3, SIZE, SIZE, generator=g) * 2 - 1
+    cond, uncond = torch.randn(2, 77, 64, generator=g) * 0.5, torch.randn(1, 77, 64, generator=g) * 0.5
+    step = memory.training_cost(tiny_sd.unet, tiny_sd.latent_shape(SIZE, SIZE), (77, 64)).bytes(2)
+    seen, forward = [], tiny_sd.unet.forward
+
+    def recording(*args, **kwargs):
+        seen.append(tiny_sd.unet.gradient_checkpointing)
+        return forward(*args, **kwargs)
+    monkeypatch.setattr(tiny_sd.unet, "forward", recording)
+    results = {}
+    for free in (int(step / memory.USABLE) + 1, int(step / memory.USABLE) - 1):
+        monkeypatch.setattr(memory, "free_bytes", lambda device, free=free: free)
+        results[free] = invert(tiny_sd, images, cond, uncond, steps=10, iterations=2, lr=1e-2, guidance=3.0)
+    assert seen == [False] * 4 + [True] * 4 and not tiny_sd.unet.gradient_checkpointing
+    kept, recomputed = results.values()
+    assert torch.equal(kept[0], recomputed[0]) and torch.equal(kept[1], recomputed[1]) and kept[2] == recomputed[2]
 
 
 def test_the_inversion_loss_is_on_eps_for_a_v_model(tiny_sd):

@@ -44,6 +44,27 @@ def test_the_meta_estimate_is_what_the_call_holds_on_real_tensors(plain):
     assert real == decode.bytes(5) and decode.per_row > 0
 
 
+def test_a_training_step_is_counted_as_on_real_tensors(plain):
+    """Textual inversion's step (the call, then the backward pass to the text context) with the activations
+    kept: the estimate is what the step holds on real tensors, and more than it holds when each block is
+    recomputed in the backward pass (gradient checkpointing)."""
+    width = plain.config.unet.context_dim
+
+    def step(rows):
+        ctx = torch.zeros(rows, 77, width, requires_grad=True)
+        out = plain.unet(torch.zeros(rows, 4, 8, 8), torch.zeros(rows, dtype=torch.long), ctx)
+        torch.autograd.grad(out.float().square().mean(), ctx)
+    estimate = memory.training_cost(plain.unet, (4, 8, 8), (77, width))
+    kept = memory.peak_bytes(step, 4, grad=True)
+    plain.unet.gradient_checkpointing = True
+    try:
+        recomputed = memory.peak_bytes(step, 4, grad=True)
+    finally:
+        plain.unet.gradient_checkpointing = False
+    assert estimate.bytes(4) == kept > recomputed
+    assert estimate.bytes(2) > memory.unet_cost(plain.unet, None, (4, 8, 8), (77, width)).bytes(2)
+
+
 def test_peak_bytes_counts_what_is_alive_at_once():
     x = torch.zeros(1000, device="meta")
 

@@ -114,10 +114,11 @@ def test_the_malloc_benchmark_measures_each_setting(tiny_dir, capsys):
     """tools/bench_malloc.py on the tiny UNet: every setting in a process of its own, forward and backward."""
     import bench_malloc
     rows = bench_malloc.main(["--ckpt", str(tiny_dir / "tiny.safetensors"), "--side", "8", "--batch", "2", "--train",
-                              "--dtype", "float32"])
+                              "--recompute", "--dtype", "float32"])
     assert [r["setting"] for r in rows] == list(bench_malloc.SETTINGS)
     assert all(r["seconds"] > 0 and r["faults"] >= 0 and r["peak_rss_gb"] > 0 for r in rows)
-    assert "| keep |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| keep |" in out and "| accel |" in out and "forward + backward, blocks recomputed" in out
 
 
 def test_the_attention_benchmark_times_every_kernel_against_the_reference():

@@ -1,20 +1,24 @@
 #!/usr/bin/env python3
 """Page faults, system time and peak RSS of UNet calls under glibc malloc's settings (not a test): where a
-run's minor faults come from, and what keeping freed memory in the process would save (issue 27).
+run's minor faults come from, and what keeping freed memory in the process saves (issue 27).
 
-    python tools/bench_malloc.py --ckpt sd21.safetensors --side 32 --batch 4 --train
+    python tools/bench_malloc.py --ckpt sd21.safetensors --side 32 --batch 2 --train
+    python tools/bench_malloc.py --ckpt sd21.safetensors --side 32 --batch 2 --train --recompute
     python tools/bench_malloc.py --ckpt sd21.safetensors --side 64 --batch 2
 
-Each setting runs in a process of its own (mallopt acts on the process), one after the other: `default`
-(glibc as it comes: buffers above the dynamic mmap threshold are mapped afresh and zero-filled by the kernel on
-every call), `nommap` (M_MMAP_MAX 0: every buffer from the heap), `keep` (nommap, and the heap's top never
+Each setting runs in a process of its own (mallopt acts on the process), one after the other: `accel` (what
+the acceleration layer sets, `ldm/accel/heap.py`), `default` (glibc as it comes: buffers above the moving
+mmap threshold are mapped afresh, and the heap's top handed back above twice it, so the next call faults its
+pages in again), `nommap` (M_MMAP_MAX 0: every buffer from the heap), `keep` (nommap, and the heap's top never
 trimmed), `trim1g` (nommap, trimmed above 1 GiB free). `--train`: forward and backward to the text context, as
-textual inversion runs the UNet. Prints the median seconds of 3 calls after a warm-up, and the last call's
-minor faults and system seconds.
+textual inversion runs the UNet, with the activations kept for the backward pass (`--recompute`: each block
+run again there, gradient checkpointing). Prints the median seconds of 3 calls after a warm-up, and the last
+call's minor faults and system seconds.
 """
 import argparse
 import ctypes
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -28,8 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import ldm  # noqa: E402
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
-SETTINGS = {"default": {}, "nommap": {M_MMAP_MAX: 0}, "keep": {M_MMAP_MAX: 0, M_TRIM_THRESHOLD: 1 << 40},
+SETTINGS = {"accel": {}, "default": {}, "nommap": {M_MMAP_MAX: 0}, "keep": {M_MMAP_MAX: 0, M_TRIM_THRESHOLD: 1 << 40},
             "trim1g": {M_MMAP_MAX: 0, M_TRIM_THRESHOLD: 1 << 30}}
+# A MALLOC_ variable that changes nothing (0 is glibc's default): the acceleration layer then leaves malloc to
+# the setting under test.
+HANDS_OFF = {"MALLOC_CHECK_": "0"}
 
 
 def measure(a) -> dict:
@@ -41,6 +48,7 @@ def measure(a) -> dict:
     dtype = getattr(torch, a.dtype)
     sd = ldm.load_checkpoint(a.ckpt, dtype=dtype, config=a.config)
     sd.unet.requires_grad_(False)
+    sd.unet.gradient_checkpointing = a.recompute
     width = sd.config.unet.context_dim
     x, t = torch.randn(a.batch, 4, a.side, a.side, dtype=dtype), torch.full((a.batch,), 500)
     context = torch.randn(a.batch, 77, width, dtype=dtype, requires_grad=a.train)
@@ -72,6 +80,8 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--train", action="store_true", help="forward and backward, as textual inversion")
+    p.add_argument("--recompute", action="store_true",
+                   help="with --train: the blocks run again in the backward pass (gradient checkpointing)")
     p.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
     p.add_argument("--setting", choices=list(SETTINGS), help=argparse.SUPPRESS)  # one, in this process
     a = p.parse_args(argv)
@@ -80,13 +90,17 @@ def main(argv=None):
         return None
     rows = []
     args = ["--ckpt", a.ckpt, "--side", str(a.side), "--batch", str(a.batch), "--dtype", a.dtype,
-            *(["--config", a.config] if a.config else []), *(["--train"] if a.train else [])]
+            *(["--config", a.config] if a.config else []), *(["--train"] if a.train else []),
+            *(["--recompute"] if a.recompute else [])]
     for setting in a.settings:
-        done = subprocess.run([sys.executable, __file__, *args, "--setting", setting], capture_output=True, text=True)
+        env = {**os.environ, **({} if setting == "accel" else HANDS_OFF)}
+        done = subprocess.run([sys.executable, __file__, *args, "--setting", setting], capture_output=True, text=True,
+                              env=env)
         if done.returncode:
             raise SystemExit(done.stderr.strip().splitlines()[-1])
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    print(f"UNet, {a.side}x{a.side} latents, batch {a.batch}, {a.dtype}, {'forward + backward' if a.train else 'forward'}")
+    step = "forward" if not a.train else "forward + backward, blocks recomputed" if a.recompute else "forward + backward"
+    print(f"UNet, {a.side}x{a.side} latents, batch {a.batch}, {a.dtype}, {step}")
     print("| malloc | seconds per call | minor faults per call | system s per call | peak RSS GB |\n|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['setting']} | {r['seconds']:.2f} | {r['faults']:,} | {r['system']:.2f} | {r['peak_rss_gb']:.2f} |")

@@ -24,6 +24,8 @@ Which paths a device gets at a dtype is its `Policy`:
 * CUDA, half dtypes: GroupNorm32 without its float32 copy of the activations (CUDA's group_norm accumulates
   half inputs in float32 itself);
 * CPUs: the VAE in channels-last layout;
+* CPUs with glibc: malloc keeps freed memory for the next call instead of handing it back to the kernel and
+  faulting it in again, page by page (`heap.py`; once per process, unless the user tuned malloc);
 * the dtype of `--dtype auto` (`default_dtype`).
 
 `cpu.py` names the machine these verdicts are kept under. BENCHMARKS.md holds the measurements behind these
@@ -40,7 +42,7 @@ from ..nets.blocks import FeedForward, GroupNorm32, SpatialTransformer, Upsample
 from ..nets.vae import AutoencoderKL
 from .cpu import cpu_flags, cpu_model
 from .machine import measured_paths, path_names
-from . import modules as fast
+from . import heap, modules as fast
 from .modules import ConvLinear, CpuConv2d, FoldedUpsample, HalfGroupNorm32, RowSlicedFeedForward
 
 __all__ = ["Policy", "policy", "default_dtype", "accelerate", "compile_model", "cpu_flags", "cpu_model",
@@ -66,6 +68,7 @@ class Policy:
     slice_feedforward: bool = False
     vae_channels_last: bool = False
     half_group_norm: bool = False
+    keep_freed_memory: bool = False
 
 
 def policy(device, dtype=torch.float32) -> Policy:
@@ -80,7 +83,7 @@ def policy(device, dtype=torch.float32) -> Policy:
     half_kernel = dtype == torch.float32 or won.get("half_attention", False)
     return Policy(attention=fast.sdpa if half_kernel else fast.sdpa_float32, slice_convs=won["slice_convs"],
                   check_bf16_convs=dtype == torch.bfloat16, linear_as_conv=won["linear_as_conv"],
-                  slice_feedforward=won["slice_feedforward"], vae_channels_last=True)
+                  slice_feedforward=won["slice_feedforward"], vae_channels_last=True, keep_freed_memory=True)
 
 
 NATIVE = {torch.bfloat16: {"avx512_bf16", "amx_bf16"}, torch.float16: {"avx512_fp16", "amx_fp16"}}
@@ -128,6 +131,8 @@ def accelerate(model: nn.Module, device=None) -> nn.Module:
             m.attention = p.attention
     if isinstance(model, AutoencoderKL) and p.vae_channels_last:
         model.to(memory_format=torch.channels_last)
+    if p.keep_freed_memory:
+        heap.keep_freed_memory()
     return model
 
 

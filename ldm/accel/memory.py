@@ -4,9 +4,11 @@ A call's memory is found by running it on the meta device: the same modules and 
 tensors in place of the weights and inputs, so nothing is computed or allocated. A dispatch mode adds up
 the bytes of the tensors alive after each op and keeps the highest total (`peak_bytes`). Fused attention
 is counted as its output only, as the fused kernels never hold the score matrix. Run at 1, 2 and 4 rows, a
-call gives its `Cost`: bytes whatever the batch, and bytes per row. `free_bytes(device)` is what the device
-has left; `Cost.rows` how many rows fit in a budget. The full-size networks take a few seconds to run on
-meta tensors, so each call's Cost is kept per machine in the user's cache (`stored_cost`).
+call gives its `Cost`: bytes whatever the batch, and bytes per row. A training step (`training_cost`) is
+counted the same way with autograd recording: the tensors kept for its backward pass and those the backward
+pass makes are included. `free_bytes(device)` is what the device has left; `Cost.rows` how many rows fit in
+a budget. The full-size networks take a few seconds to run on meta tensors, so each call's Cost is kept per
+machine in the user's cache (`stored_cost`).
 """
 import dataclasses
 import hashlib
@@ -59,19 +61,38 @@ class _LiveBytes(TorchDispatchMode):
         return out
 
 
+class _Attention(torch.autograd.Function):
+    """What the fused kernels allocate when gradients are wanted: the output, kept for the backward pass
+    with q, k, v and each row's log-sum-exp (float32); then gradients of q, k and v."""
+
+    @staticmethod
+    def forward(ctx, q, k, v):
+        out = q.new_empty(*q.shape[:-1], v.shape[-1])
+        ctx.save_for_backward(q, k, v, out, q.new_empty(q.shape[:-1], dtype=torch.float32))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, *_ = ctx.saved_tensors
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
 class _FusedAttention(TorchFunctionMode):
-    """scaled_dot_product_attention as the fused kernels allocate it: the output, no score matrix."""
+    """scaled_dot_product_attention as the fused kernels allocate it: no score matrix."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if func is F.scaled_dot_product_attention:
-            q, v = args[0], args[2]
+            q, k, v = args[:3]
+            if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+                return _Attention.apply(q, k, v)
             return q.new_empty(*q.shape[:-1], v.shape[-1])
         return func(*args, **(kwargs or {}))
 
 
-def peak_bytes(fn, *args) -> int:
-    """The most bytes that tensors made by `fn(*args)` hold at once (the inputs not counted)."""
-    with torch.no_grad(), _FusedAttention(), _LiveBytes() as live:
+def peak_bytes(fn, *args, grad: bool = False) -> int:
+    """The most bytes that tensors made by `fn(*args)` hold at once (the inputs not counted); with `grad`,
+    autograd records and `fn` may run a backward pass."""
+    with torch.set_grad_enabled(grad), _FusedAttention(), _LiveBytes() as live:
         fn(*args)
     return live.peak
 
@@ -109,14 +130,14 @@ class Cost:
         return max(1, (budget - self.fixed) // max(self.per_row, 1))
 
 
-def cost(call) -> Cost:
+def cost(call, grad: bool = False) -> Cost:
     """The Cost of `call(rows)`, which makes its inputs of `rows` rows on the meta device and runs on them
     (the inputs counted: they are what a batch brings). The peak grows by the same bytes per row from a
     few rows on; the line through 2 and 4 rows, raised to cover 1 and 2 rows where that is needed, bounds
     every batch. A first call fills what the modules keep between calls (the folded upsampling kernels),
     as a run's first call does."""
-    peak_bytes(call, 1)
-    peaks = {rows: peak_bytes(call, rows) for rows in (1, 2, 4)}
+    peak_bytes(call, 1, grad=grad)
+    peaks = {rows: peak_bytes(call, rows, grad=grad) for rows in (1, 2, 4)}
     per_row = (peaks[4] - peaks[2]) // 2
     return Cost(fixed=max(peaks[rows] - rows * per_row for rows in peaks), per_row=per_row)
 
@@ -141,10 +162,10 @@ def fingerprint(modules, *shapes) -> str:
     return h.hexdigest()
 
 
-def stored_cost(key: str, call) -> Cost:
-    """`cost(call)`, found once per machine and kept under `key` in `cache_file()` (a few seconds for the
-    full-size networks, which a run should not spend every time)."""
-    found = json_cached(cache_file(), key, lambda: dataclasses.asdict(cost(call)),
+def stored_cost(key: str, call, grad: bool = False) -> Cost:
+    """`cost(call, grad)`, found once per machine and kept under `key` in `cache_file()` (a few seconds for
+    the full-size networks, which a run should not spend every time)."""
+    found = json_cached(cache_file(), key, lambda: dataclasses.asdict(cost(call, grad)),
                         valid=lambda c: isinstance(c["fixed"], int) and isinstance(c["per_row"], int))
     return Cost(**found)
 
@@ -192,6 +213,23 @@ def unet_cost(unet, controlnet, latent: tuple, context: tuple) -> Cost:
             control = run_control(x, None, t, ctx, strength=_empty(rows, dtype=torch.float32), hint_features=features)
         return run_unet(x, t, ctx, control=control)
     return stored_cost(fingerprint([m for m in (unet, controlnet) if m is not None], "unet", latent, context), call)
+
+
+def training_cost(unet, latent: tuple, context: tuple) -> Cost:
+    """A UNet training step as textual inversion takes it, every activation kept for the backward pass (no
+    gradient checkpointing): the call on rows of latents [C, h, w] and text context [L, width] (float32,
+    brought to the UNet's dtype), and the backward pass to the context."""
+    dtype, (c, h, w), run = _dtype(unet), latent, on_meta(unet)
+
+    def call(rows):
+        ctx = _empty(rows, *context, dtype=torch.float32).requires_grad_()
+        checkpointing, unet.gradient_checkpointing = unet.gradient_checkpointing, False
+        try:
+            out = run(_empty(rows, c, h, w, dtype=dtype), _empty(rows, dtype=torch.long), ctx.to(dtype))
+            torch.autograd.grad(out.float().square().mean(), ctx)
+        finally:
+            unet.gradient_checkpointing = checkpointing
+    return stored_cost(fingerprint([unet], "training", latent, context), call, grad=True)
 
 
 def hint_cost(controlnet, image: tuple) -> Cost:

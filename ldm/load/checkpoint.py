@@ -158,6 +158,11 @@ class StableDiffusion:
     def dtype(self) -> torch.dtype:
         return next(self.unet.parameters()).dtype
 
+    def latent_shape(self, height: int, width: int) -> tuple:
+        """[C, h, w] of the latents of a height x width image: the VAE halves the sides at each level but the last."""
+        factor = 2 ** (len(self.config.vae.ch_mult) - 1)
+        return self.config.vae.embed_dim, height // factor, width // factor
+
     @torch.no_grad()
     def encode_text(self, prompts) -> torch.Tensor:
         """Prompts -> SD conditioning [B, 77, C] (penultimate layer of the text encoder)."""

@@ -22,7 +22,7 @@ def txt2img(sd, prompt: str, negative: str = "", steps: int = 200, guidance: flo
     if w % 64 or h % 64:
         raise UserError(f"image size must be a multiple of 64, not {w}x{h}")
     g = rng.generator(seed)
-    z = rng.randn((1, sd.config.unet.out_channels, h // 8, w // 8), g, sd.device)
+    z = rng.randn((1, *sd.latent_shape(h, w)), g, sd.device)
     z = _denoise(sd, DDIM(sd.schedule, sd.config.prediction, steps, eta), z, prompt, negative, guidance, None, g, callback)
     return to_pil(sd.decode_latents(z))[0]
 
