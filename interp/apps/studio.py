@@ -94,6 +94,7 @@ class Studio:
         self.token = secrets.token_urlsafe(24)
         self.commands = queue.Queue()
         self.lock = threading.Lock()
+        self.answering = threading.Lock()  # a command's answer and its place in the queue (`do_POST`)
         self.view = {"status": "working", "round": None, "progress": None, "outputs": None, "error": None,
                      "message": "loading"}
         self.version = 0
@@ -424,6 +425,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.studio.show(error=message)
             self._json(400, {"error": message})
             return
-        self.studio.under_way(command)  # before answering: the next state read already shows the work it starts
-        self._json(200, {"ok": True})
-        self.studio.commands.put(command)  # once answered: "close" ends the process
+        # Answered, then queued ("close" ends the process), as one step: a command answered first is queued
+        # first, even when the next request (a pick, then accept) reaches another handler thread at once.
+        with self.studio.answering:
+            self.studio.under_way(command)  # before answering: the next state read already shows the work it starts
+            self._json(200, {"ok": True})
+            self.studio.commands.put(command)
