@@ -30,8 +30,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import ldm  # noqa: E402
+from ldm.accel.heap import M_TRIM_THRESHOLD  # noqa: E402
 
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+M_MMAP_MAX = -4  # mallopt's parameter number (malloc.h); the others as ldm.accel.heap names them
 SETTINGS = {"accel": {}, "default": {}, "nommap": {M_MMAP_MAX: 0}, "keep": {M_MMAP_MAX: 0, M_TRIM_THRESHOLD: 1 << 40},
             "trim1g": {M_MMAP_MAX: 0, M_TRIM_THRESHOLD: 1 << 30}}
 # A MALLOC_ variable that changes nothing (0 is glibc's default): the acceleration layer then leaves malloc to
