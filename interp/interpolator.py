@@ -22,6 +22,12 @@ from .steering import Candidates, Steering
 from .warp import warp_latent
 
 
+def least(limits: list):
+    """The smallest of the limits that are not None (None if all are)."""
+    given = [n for n in limits if n is not None]
+    return min(given) if given else None
+
+
 class Interpolator:
     """Runs the plan of `settings` (an `interp.Settings`) with the loaded networks: `sd`, the text conditioning
     `text`, and optionally a ControlNet with its `poses`, a candidate `scorer`, and a `chooser` that decides each
@@ -140,20 +146,27 @@ class Interpolator:
     def batch_limits(self, latent, free: int = None) -> tuple:
         """(UNet rows, VAE images) of one network call for latents shaped like `latent` [1, C, h, w]: as
         given, else as many as fit in `free` bytes (default: the free memory of the device, `ldm.accel.memory`)
-        beside what the round keeps there (`kept_bytes`)."""
+        beside what the round keeps there (`kept_bytes`), and on a CPU no more than pay
+        (`memory.rows_worth_batching`). None: no limit (one call per batch)."""
         free = memory.free_bytes(self.sd.device) if free is None else free
-        if free is None:
-            return self.max_batch, self.max_decode
-        budget, shape = int(memory.USABLE * free), tuple(latent.shape[1:])
+        shape, device = tuple(latent.shape[1:]), self.sd.device
+        budget = None if free is None else int(memory.USABLE * free)
         denoising, decoding = self.kept_bytes(latent)
         rows, images = self.max_batch, self.max_decode
         if rows is None:
-            costs = [memory.unet_cost(self.sd.unet, self.controlnet, shape, tuple(self.text.cond[0].shape[1:]))]
-            if self.controlnet is not None:
-                costs.append(memory.hint_cost(self.controlnet, (3, 8 * shape[1], 8 * shape[2])))
-            rows = min(cost.rows(budget - denoising) for cost in costs)
+            limits = [memory.rows_worth_batching(device, "unet", shape)]
+            if budget is not None:
+                context = tuple(self.text.cond[0].shape[1:])
+                limits.append(memory.unet_cost(self.sd.unet, self.controlnet, shape, context).rows(budget - denoising))
+                if self.controlnet is not None:
+                    hint = (3, 8 * shape[1], 8 * shape[2])
+                    limits.append(memory.hint_cost(self.controlnet, hint).rows(budget - denoising))
+            rows = least(limits)
         if images is None:
-            images = memory.decode_cost(self.sd.vae, shape).rows(budget - decoding)
+            limits = [memory.rows_worth_batching(device, "decoder", shape)]
+            if budget is not None:
+                limits.append(memory.decode_cost(self.sd.vae, shape).rows(budget - decoding))
+            images = least(limits)
         return rows, images
 
     def steps_to_run(self, latents: dict) -> int:

@@ -48,17 +48,21 @@ def denoising_loss(sd, sampler: DDIM, z0, index: int, noise, cond, uncond, guida
     return F.mse_loss(eps, noise.float())
 
 
-def activations_fit(sd, latent: tuple, context: tuple) -> bool:
-    """Whether a training step on latents [C, h, w] and text context [L, width] (a guided pair of rows) can keep
-    the UNet's activations for its backward pass in the memory the device has free (`ldm.accel.memory`)."""
+def activations_fit(sd, images: torch.Tensor, uncond: torch.Tensor) -> bool:
+    """Whether a training step on images like `images` [2,3,H,W] with embeddings like `uncond` [1,L,width] (a
+    guided pair of rows) can keep the UNet's activations for its backward pass in the memory the device has
+    free (`ldm.accel.memory`)."""
     free = memory.free_bytes(sd.device)
+    latent, context = sd.latent_shape(*images.shape[2:]), tuple(uncond.shape[1:])
     return free is not None and memory.training_cost(sd.unet, latent, context).bytes(2) <= memory.USABLE * free
 
 
 def invert(sd, images: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor, steps: int = 200,
-           iterations: int = 200, lr: float = 1e-4, guidance: float = 7.5, seed: int = 0, callback=None) -> tuple:
+           iterations: int = 200, lr: float = 1e-4, guidance: float = 7.5, seed: int = 0, callback=None,
+           keep_activations: bool = None) -> tuple:
     """Optimise (cond [2,77,C], one per image; uncond [1,77,C], shared) for images [2,3,H,W] in [-1,1]
-    on the `steps`-step DDIM grid.
+    on the `steps`-step DDIM grid. `keep_activations`: whether the backward pass reads the UNet's activations
+    kept from the forward pass or runs each block again (None: kept where they fit, `activations_fit`).
 
     Returns the optimised tensors (float32, detached) and the two losses of every iteration.
     """
@@ -72,8 +76,9 @@ def invert(sd, images: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor, s
     # whose gradients overflowed is skipped and the scale lowered). Other dtypes have float32's range.
     scaler = torch.amp.GradScaler(sd.device.type, enabled=sd.dtype == torch.float16)
     S, losses = len(sampler), []
-    latent, context = sd.latent_shape(*images.shape[2:]), tuple(uncond.shape[1:])
-    sd.unet.gradient_checkpointing = not activations_fit(sd, latent, context)
+    if keep_activations is None:
+        keep_activations = activations_fit(sd, images, uncond)
+    sd.unet.gradient_checkpointing = not keep_activations
     try:
         for it in range(iterations):
             index = rng.randint(S // 3, 2 * S // 3, g)  # one timestep for both images

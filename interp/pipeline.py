@@ -248,16 +248,21 @@ class Interpolation:
                 self.notes.append("textual inversion: the embeddings of this run folder")
             else:
                 fit = dict(steps=s.steps, iterations=s.inversion_steps, lr=s.inversion_lr, guidance=s.cfg, seed=s.seed)
+                keep = inversion.activations_fit(sd, x, uncond)  # the same result either way: not in the key
+                backward = ("the UNet's activations kept for the backward pass" if keep else
+                            "the UNet's activations recomputed in the backward pass (gradient checkpointing)")
                 if cache:  # on disk, by a key of everything the result depends on
                     model = {"checkpoint": self.checkpoint, "prediction": sd.config.prediction,
                              "dtype": str(sd.dtype), "device": sd.device.type}
                     key = inversion.cache_key(x, s.prompts, s.negative, model, **fit)
                     cond, uncond, losses = inversion.cached_invert(sd, x.to(sd.device), cond, uncond, key, **fit,
-                                                                   callback=tick)
-                    self.notes.append(f"textual inversion: {'from the cache' if losses is None else f'{len(losses)} iterations'} ({key})")
+                                                                   callback=tick, keep_activations=keep)
+                    done = "from the cache" if losses is None else f"{len(losses)} iterations, {backward}"
+                    self.notes.append(f"textual inversion: {done} ({key})")
                 else:
-                    cond, uncond, losses = inversion.invert(sd, x.to(sd.device), cond, uncond, **fit, callback=tick)
-                    self.notes.append(f"textual inversion: {len(losses)} iterations")
+                    cond, uncond, losses = inversion.invert(sd, x.to(sd.device), cond, uncond, **fit, callback=tick,
+                                                            keep_activations=keep)
+                    self.notes.append(f"textual inversion: {len(losses)} iterations, {backward}")
                 self.record["inversion_losses"] = losses
                 if on_embeddings is not None:
                     on_embeddings(cond, uncond, losses)

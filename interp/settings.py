@@ -80,7 +80,8 @@ class Settings:
     rank_positive: str = POSITIVE
     rank_negative: str = NEGATIVE
     # resources
-    max_batch: int = None           # most rows of one UNet + ControlNet call (None: what fits in free memory)
+    max_batch: int = None           # most rows of one UNet + ControlNet call (None: what fits in free memory
+                                    # and, on a CPU, pays: ldm.accel.memory.rows_worth_batching)
     max_decode: int = None          # most images of one VAE decoder call (None: likewise)
 
     @classmethod

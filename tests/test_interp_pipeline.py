@@ -303,6 +303,9 @@ def test_inversion_keeps_the_activations_where_they_fit_with_the_same_result(tin
     assert seen == [False] * 4 + [True] * 4 and not tiny_sd.unet.gradient_checkpointing
     kept, recomputed = results.values()
     assert torch.equal(kept[0], recomputed[0]) and torch.equal(kept[1], recomputed[1]) and kept[2] == recomputed[2]
+    seen.clear()  # told, whatever the memory
+    invert(tiny_sd, images, cond, uncond, steps=10, iterations=1, lr=1e-2, guidance=3.0, keep_activations=True)
+    assert seen == [False] * 2
 
 
 def test_the_inversion_loss_is_on_eps_for_a_v_model(tiny_sd):
@@ -504,6 +507,8 @@ def test_command_writes_everything_and_is_reproducible(command, tmp_path):
     assert frame["parents"] == [0, 4] and frame["weight"] == 0.5 and frame["position"] == 0.5
     assert frame["timestep"] == record["rounds"][0]["timestep"] and frame["ddim_steps"] == record["rounds"][0]["step"] + 1
     assert record["scheme"] == "ours" and len(record["inversion_losses"]) == 2
+    assert any(note.startswith("textual inversion: 2 iterations, the UNet's activations kept for the backward pass")
+               for note in record["notes"]), record["notes"]
     assert record["embeddings"] == "embeddings.safetensors" and (run / "embeddings.safetensors").is_file()
     assert code == 0 and command("two")[0] == 0
     again = sorted((tmp_path / "two" / "frames").glob("*.png"))

@@ -133,8 +133,31 @@ def test_the_limits_are_the_largest_batches_within_the_budget(tiny_sd, tiny_cont
     more_rows, more_images = it.batch_limits(latent, free=int(4 * budget / memory.USABLE))
     assert more_rows > rows and more_images > images
     assert interpolator(tiny_sd, controlnet, max_batch=3, max_decode=2).batch_limits(latent) == (3, 2)
-    monkeypatch.setattr(memory, "free_bytes", lambda device: None)
-    assert it.batch_limits(latent) == (None, None)  # memory that cannot be told: one call per batch
+    monkeypatch.setattr(memory, "free_bytes", lambda device: None)  # memory that cannot be told: what pays
+    assert it.batch_limits(latent) == (memory.rows_worth_batching("cpu", "unet", (4, 8, 8)),
+                                       memory.rows_worth_batching("cpu", "decoder", (4, 8, 8)))
+
+
+def test_a_cpu_call_holds_no_more_rows_than_pay(tiny_sd, monkeypatch):
+    """On a CPU a call stops at CPU_PIXELS_PER_THREAD latent pixels a thread (at least one row), however much
+    memory is free; a given limit is kept; off the CPU only memory limits a batch."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    unet, decoder = (memory.CPU_PIXELS_PER_THREAD[n] for n in ("unet", "decoder"))
+    assert memory.rows_worth_batching("cpu", "unet", (4, 64, 64)) == 2 * unet // 4096
+    assert memory.rows_worth_batching("cpu", "unet", (4, 32, 32)) == 2 * unet // 1024
+    assert memory.rows_worth_batching(torch.device("cpu"), "decoder", (4, 48, 48)) == 2 * decoder // 2304
+    assert memory.rows_worth_batching("cpu", "decoder", (4, 1000, 1000)) == 1
+    assert memory.rows_worth_batching("cuda", "unet", (4, 64, 64)) is None
+    assert memory.rows_worth_batching("mps", "decoder", (4, 64, 64)) is None
+    monkeypatch.setitem(memory.CPU_PIXELS_PER_THREAD, "unet", 96)
+    monkeypatch.setitem(memory.CPU_PIXELS_PER_THREAD, "decoder", 32)
+    it = interpolator(tiny_sd)
+    latent = torch.zeros(1, 4, 8, 8)
+    assert it.batch_limits(latent, free=1 << 40) == (3, 1)  # 2 x 96 / 64 rows, 2 x 32 / 64 -> one image
+    few = memory.unet_cost(tiny_sd.unet, None, (4, 8, 8), (77, tiny_sd.config.unet.context_dim))
+    denoising, _ = it.kept_bytes(latent)
+    assert it.batch_limits(latent, free=int((few.bytes(2) + denoising) / memory.USABLE) + 1)[0] == 2  # memory, where less
+    assert interpolator(tiny_sd, max_batch=7, max_decode=5).batch_limits(latent, free=1 << 40) == (7, 5)
 
 
 def test_a_run_splits_its_calls_by_the_limits(tiny_sd, monkeypatch):

@@ -10,6 +10,7 @@ import torch
 
 from conftest import ROOT
 from make_fixture_weights import fixture_tensor
+from ldm.accel import memory
 from ldm.load.safetensors_io import SafetensorsFile
 
 
@@ -119,6 +120,20 @@ def test_the_malloc_benchmark_measures_each_setting(tiny_dir, capsys):
     assert all(r["seconds"] > 0 and r["faults"] >= 0 and r["peak_rss_gb"] > 0 for r in rows)
     out = capsys.readouterr().out
     assert "| keep |" in out and "| accel |" in out and "forward + backward, blocks recomputed" in out
+
+
+def test_the_rows_benchmark_times_each_batch(tiny_dir, capsys):
+    """tools/bench_rows.py on the tiny networks: the UNet with its ControlNet and the decoder at each batch, and
+    the batch the CPU rule gives."""
+    import bench_rows
+    rows = bench_rows.main(["--ckpt", str(tiny_dir / "tiny.safetensors"), "--controlnet",
+                            str(tiny_dir / "controlnet.safetensors"), "--side", "8", "--rows", "1", "2", "--images", "1",
+                            "--dtype", "float32", "--repeats", "1"])
+    assert [(r["network"], r["batch"]) for r in rows] == [("unet + controlnet", 1), ("unet + controlnet", 2), ("decoder", 1)]
+    assert all(r["seconds"] > 0 and r["faults"] >= 0 and r["peak_rss_gib"] > 0 for r in rows)
+    out = capsys.readouterr().out
+    assert "| unet + controlnet | 2 |" in out
+    assert f"UNet {memory.rows_worth_batching('cpu', 'unet', (4, 8, 8))} rows" in out
 
 
 def test_the_attention_benchmark_times_every_kernel_against_the_reference():

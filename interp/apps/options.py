@@ -169,9 +169,11 @@ def parser(cls=Parser) -> argparse.ArgumentParser:
                      help="download every model file this command would need (checking their sha256), then stop")
     run.add_argument("--max-batch", type=number(int, 1), default=None,
                      help="most rows of one UNet and ControlNet call, two per candidate frame with guidance (default: "
-                          f"what fits in the device's free memory; {COMPILED_BATCH} with --compile on a CPU)")
+                          "what fits in the device's free memory, on a CPU at most what still runs faster per row; "
+                          f"{COMPILED_BATCH} with --compile on a CPU)")
     run.add_argument("--max-decode", type=number(int, 1), default=None,
-                     help="most images of one VAE decoder call (default: what fits in the device's free memory)")
+                     help="most images of one VAE decoder call (default: what fits in the device's free memory, "
+                          "on a CPU at most what still runs faster per image)")
     studio = p.add_argument_group("the interactive mode (end of Section 4.4)")
     studio.add_argument("--interactive", action="store_true",
                         help="choose, re-roll and steer the frames of each round in a local web page (its URL is printed)")

@@ -7,8 +7,8 @@ is counted as its output only, as the fused kernels never hold the score matrix.
 call gives its `Cost`: bytes whatever the batch, and bytes per row. A training step (`training_cost`) is
 counted the same way with autograd recording: the tensors kept for its backward pass and those the backward
 pass makes are included. `free_bytes(device)` is what the device has left; `Cost.rows` how many rows fit in
-a budget. The full-size networks take a few seconds to run on meta tensors, so each call's Cost is kept per
-machine in the user's cache (`stored_cost`).
+a budget; `rows_worth_batching` how many are worth one call on a CPU. The full-size networks take a few
+seconds to run on meta tensors, so each call's Cost is kept per machine in the user's cache (`stored_cost`).
 """
 import dataclasses
 import hashlib
@@ -189,6 +189,22 @@ def free_bytes(device) -> int | None:
         except OSError:
             pass
     return None
+
+
+# Latent pixels of one call per CPU thread from which a bigger batch no longer runs faster per row. A CPU
+# computes a call's rows with the same few cores, so once every thread has work, more rows cost as much time
+# per row and only add memory, and the larger buffers are mapped and faulted in afresh on each call. Measured
+# on a 2-core Zen 4 (BENCHMARKS.md, 2026-12-03 (sixth)); a machine with more threads keeps larger batches.
+CPU_PIXELS_PER_THREAD = {"unet": 8192, "decoder": 2048}
+
+
+def rows_worth_batching(device, network: str, latent: tuple) -> int | None:
+    """The most rows of one call of `network` ("unet": the UNet with its ControlNet; "decoder": the VAE
+    decoder) on latents [C, h, w] that still pay on `device`: on a CPU enough to give each thread
+    CPU_PIXELS_PER_THREAD latent pixels (at least 1); elsewhere None, where only memory limits a batch."""
+    if torch.device(device).type != "cpu":
+        return None
+    return max(1, CPU_PIXELS_PER_THREAD[network] * torch.get_num_threads() // (latent[1] * latent[2]))
 
 
 def _dtype(module) -> torch.dtype:
