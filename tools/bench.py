@@ -360,6 +360,12 @@ def print_table(results):
                 print(f"{who:<16}" + "".join(f"{v:>15.2f}" for v in seconds.values()))
 
 
+def machine_line() -> str:
+    """The machine in one line, as the benchmarks print it above their figures."""
+    flags = " ".join(sorted(accel.cpu_flags() & SPEED_FLAGS)) or "none of note"
+    return f"cpu: {cpu_model()}, flags: {flags}; torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
 def machine_meta() -> dict:
     """The machine a benchmark ran on, as its JSON records it."""
     return {"machine": platform.processor() or platform.machine(), "cpu": cpu_model(),
@@ -384,8 +390,7 @@ def main(argv=None):
     p.add_argument("--json", default=None, help="also write the results here")
     a = p.parse_args(argv)
     device = torch.device(a.device)
-    print(f"cpu: {cpu_model()}, flags: {' '.join(sorted(accel.cpu_flags() & SPEED_FLAGS)) or 'none of note'}; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(machine_line())
     results = []
     if "unet" in a.parts:
         bench_unet(a, device, results)

@@ -22,8 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import ldm  # noqa: E402
+from bench import machine_line  # noqa: E402
 from ldm.accel import memory  # noqa: E402
-from ldm.accel.cpu import cpu_flags, cpu_model  # noqa: E402
 from ldm.load.controlnet import load_controlnet  # noqa: E402
 from ldm.sample.denoiser import Denoiser  # noqa: E402
 
@@ -65,9 +65,7 @@ def main(argv=None) -> list:
     for images in a.images:
         z = torch.randn(images, *latent, generator=g)
         results.append({"network": "decoder", "batch": images, **timed(lambda: sd.decode_latents(z), a.repeats)})
-    flags = " ".join(sorted(f for f in cpu_flags() if f.startswith(("avx2", "avx512f", "avx512_bf16", "amx"))))
-    print(f"{cpu_model()}, {flags}; torch {torch.__version__}, {torch.get_num_threads()} threads, {sd.dtype}; "
-          f"latents {a.side}x{a.side}")
+    print(f"{machine_line()}; {sd.dtype}, latents {a.side}x{a.side}")
     print("| network | batch | seconds | seconds a row | minor faults | system s | peak RSS GiB |")
     print("|---|---|---|---|---|---|---|")
     for r in results:

@@ -33,9 +33,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import interp  # noqa: E402
-from bench import PeerUNet, SPEED_FLAGS, diffusers_peer, machine_meta, openvino_model, openvino_call, once, sync  # noqa: E402
+from bench import PeerUNet, diffusers_peer, machine_line, machine_meta, openvino_model, openvino_call, once, sync  # noqa: E402
 from interp.apps.options import parse  # noqa: E402
-from ldm import accel  # noqa: E402
 from ldm.errors import UserError  # noqa: E402
 
 # A standing figure in the 18 OpenPose keypoints (x, y in a unit square), its arms raised in image B.
@@ -201,8 +200,7 @@ def main(argv=None):
     p.add_argument("run", nargs=argparse.REMAINDER, help="-- then the interpolate command's options")
     a = p.parse_args(argv)
     a.run = a.run[1:] if a.run[:1] == ["--"] else a.run
-    print(f"cpu: {accel.cpu_model()}, flags: {' '.join(sorted(accel.cpu_flags() & SPEED_FLAGS)) or 'none of note'}; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(machine_line())
     try:
         row, unet, dtype, clock = bench_run(a)
     except UserError as e:
