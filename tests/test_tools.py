@@ -146,6 +146,18 @@ def test_the_attention_benchmark_times_every_kernel_against_the_reference():
     assert all(r["error"] < (1e-5 if r["dtype"] == "float32" else 2e-2) for r in rows), rows
 
 
+def test_the_attention_benchmark_times_openvino_beside_torch():
+    """--peer openvino (where OpenVINO is installed, as in the benchmarks' throwaway environment) adds OpenVINO's
+    fused attention on the same inputs, and it computes the same attention."""
+    pytest.importorskip("openvino")
+    import bench_attention
+    rows = bench_attention.main(["--shapes", "1,2,256,64", "--dtypes", "float32", "bfloat16", "--repeats", "1",
+                                 "--no-flex", "--peer", "openvino"])
+    peer = [r for r in rows if r["kernel"] == "OpenVINO's SDPA"]
+    assert len(peer) == 2 and all(r["median_s"] > 0 for r in peer)
+    assert all(r["error"] < (1e-5 if r["dtype"] == "float32" else 2e-2) for r in peer), peer
+
+
 def test_the_unet_benchmark_splits_a_call_by_kind_of_operation(tiny_sd):
     """tools/bench.py --by-op on the tiny UNet: its convolutions, projections, attention and norms each land in
     their kind, and the kinds add up to the call."""

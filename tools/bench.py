@@ -175,16 +175,23 @@ def openvino_model(peer: PeerUNet, x, t, ctx):
         return openvino.convert_model(peer.float(), example_input=(x.float(), t, ctx.float()))
 
 
-def openvino_compiled(model, x, t, ctx, dtype, **config):
-    """`model` (from `openvino_model`) reshaped to (x, t, ctx) and compiled for the CPU at `dtype` (OpenVINO's
-    inference-precision hint) with torch's thread count, a latency hint and `config`; with its inputs."""
+def openvino_compile(model, dtype, **config):
+    """An OpenVINO model compiled for the CPU at `dtype` (its inference-precision hint) with torch's thread
+    count, a latency hint and `config`."""
     import openvino
-    inputs = [x.float().numpy(), t.numpy(), ctx.float().numpy()]
-    model.reshape({i: openvino.PartialShape(list(a.shape)) for i, a in enumerate(inputs)})
     precision = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}[dtype]
     return openvino.compile_model(model, "CPU", config={
         "INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": torch.get_num_threads(),
-        "PERFORMANCE_HINT": "LATENCY", **config}), inputs
+        "PERFORMANCE_HINT": "LATENCY", **config})
+
+
+def openvino_compiled(model, x, t, ctx, dtype, **config):
+    """`model` (from `openvino_model`) reshaped to (x, t, ctx) and compiled (`openvino_compile`); with its
+    inputs."""
+    import openvino
+    inputs = [x.float().numpy(), t.numpy(), ctx.float().numpy()]
+    model.reshape({i: openvino.PartialShape(list(a.shape)) for i, a in enumerate(inputs)})
+    return openvino_compile(model, dtype, **config), inputs
 
 
 def openvino_call(model, x, t, ctx, dtype):

@@ -2,10 +2,12 @@
 """Time the attention kernels PyTorch offers for the UNet's self-attention on this machine (not a test):
 torch's fused kernel at the dtype, the same on float32 copies (the upcast of `ldm.accel.modules.sdpa_float32`),
 `flex_attention` under torch.compile (inductor's CPU template) and scores / softmax / values in chunks of
-queries, each against the reference formula in float32 (`ldm.nets.attention.attention`), interleaved, medians.
+queries, each against the reference formula in float32 (`ldm.nets.attention.attention`), interleaved, medians;
+with `--peer openvino` (in an environment that has it), OpenVINO's fused SDPA at the same precision beside them.
 
     python tools/bench_attention.py                           # level 1 and 2 of a 512 px UNet, bf16 and float32
     python tools/bench_attention.py --shapes 2,5,4096,64 --dtypes bfloat16 --no-flex
+    python tools/bench_attention.py --no-flex --peer openvino  # torch's kernels against OpenVINO's
 """
 import argparse
 import statistics
@@ -16,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from ldm.accel import cpu_model  # noqa: E402
+from bench import machine_line, openvino_compile  # noqa: E402
 from ldm.accel import modules as fast  # noqa: E402
 from ldm.load.checkpoint import parse_dtype  # noqa: E402
 from ldm.nets.attention import attention  # noqa: E402
@@ -38,13 +40,28 @@ def kernels(flex: bool) -> dict:
     return out
 
 
-def measure(shape, dtype, flex: bool, repeats: int) -> list:
+def openvino_sdpa(q, k, v):
+    """OpenVINO's scaled_dot_product_attention compiled at the shapes and dtype of q, k, v (`bench.openvino_compile`;
+    inputs handed over in float32, as its UNet gets them): a callable that runs it on these inputs (the
+    arguments it is given are ignored, so that it times like the other kernels)."""
+    import openvino
+    from openvino import opset13
+    params = [opset13.parameter(list(a.shape), openvino.Type.f32) for a in (q, k, v)]
+    model = openvino.Model([opset13.scaled_dot_product_attention(*params, causal=False)], params)
+    compiled = openvino_compile(model, q.dtype)
+    inputs = [a.float().numpy() for a in (q, k, v)]
+    return lambda *_: torch.from_numpy(compiled(inputs)[0])
+
+
+def measure(shape, dtype, flex: bool, repeats: int, peer: list = ()) -> list:
     """Per kernel: median seconds, GFLOP/s and the largest difference from the float32 reference."""
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(shape, generator=g).to(dtype) for _ in range(3))
     reference = attention(q.float(), k.float(), v.float())  # the model files' formula
     flops = 4 * q.shape[:-1].numel() * k.shape[-2] * q.shape[-1]
     found = kernels(flex)
+    if "openvino" in peer:
+        found["OpenVINO's SDPA"] = openvino_sdpa(q, k, v)
     rows = {name: {"kernel": name, "error": (fn(q, k, v).float() - reference).abs().max().item(), "times": []}
             for name, fn in found.items()}  # (the first call of each compiles, where it compiles)
     for _ in range(repeats):
@@ -65,14 +82,16 @@ def main(argv=None):
     p.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"])
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--no-flex", action="store_true", help="leave out flex_attention (it compiles)")
+    p.add_argument("--peer", nargs="+", choices=["openvino"], default=[],
+                   help="time OpenVINO's fused attention beside torch's kernels (needs openvino installed)")
     a = p.parse_args(argv)
-    print(f"cpu: {cpu_model()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(machine_line())
     results = []
     with torch.no_grad():
         for dtype_name in a.dtypes:
             for shape in a.shapes:
                 dims = tuple(int(n) for n in shape.split(","))
-                for row in measure(dims, parse_dtype(dtype_name), not a.no_flex, a.repeats):
+                for row in measure(dims, parse_dtype(dtype_name), not a.no_flex, a.repeats, a.peer):
                     results.append({"dtype": dtype_name, "shape": shape, **row})
                     print(f"{dtype_name:>9} {shape:>14} {row['kernel']:>26}: {row['median_s'] * 1e3:8.1f} ms "
                           f"{row['gflops']:6.0f} GFLOP/s  max diff {row['error']:.2g}")
