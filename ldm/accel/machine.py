@@ -23,9 +23,8 @@ from .cpu import machine
 # The self-attention calls the half-attention trial times, [batch, heads, tokens, head dim] as the UNet
 # makes them (torch sends 3-D inputs to its math kernel, not to the flash kernel the UNet runs on): levels 1
 # and 2 of a sampling call at 512 px with guidance, level 1 of a 16-row call at 256 px (a `--preview` run),
-# and a training step of textual inversion at 256 px, forward and backward. The kernels' order changes with
-# the shape (the half kernel was 0.80-0.84x the upcast at the 16-row and training shapes on a Zen 4, 0.94-1.0x
-# at the 512 px level-1 shape, 1.1-1.2x at level-2 training), so the verdict is on the sum of the mix.
+# and a training step of textual inversion at 256 px, forward and backward. Which kernel is faster changes
+# with the shape (BENCHMARKS.md, 2026-12-03, seventh), so the verdict is on the sum of the mix.
 ATTENTION_CALLS = ((2, 5, 4096, 64), (2, 10, 1024, 64), (16, 5, 1024, 64))
 ATTENTION_STEPS = ((2, 5, 1024, 64), (2, 10, 256, 64))
 
