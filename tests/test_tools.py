@@ -138,12 +138,27 @@ def test_the_rows_benchmark_times_each_batch(tiny_dir, capsys):
 
 def test_the_attention_benchmark_times_every_kernel_against_the_reference():
     """tools/bench_attention.py on a small shape: each kernel computes the same attention (so each time is of
-    a real kernel), flex_attention included."""
+    a real kernel), flex_attention and oneDNN Graph's fused partition included."""
     import bench_attention
     rows = bench_attention.main(["--shapes", "1,2,256,64", "--dtypes", "float32", "bfloat16", "--repeats", "1"])
-    assert {r["kernel"] for r in rows} == {"fused", "fused on float32 copies", "chunked", "flex_attention, compiled"}
-    assert len(rows) == 8 and all(r["median_s"] > 0 for r in rows)
+    assert {r["kernel"] for r in rows} == {"fused", "fused on float32 copies", "chunked", "oneDNN Graph, scores in dtype",
+                                           "flex_attention, compiled"}
+    assert len(rows) == 10 and all(r["median_s"] > 0 for r in rows)
     assert all(r["error"] < (1e-5 if r["dtype"] == "float32" else 2e-2) for r in rows), rows
+
+
+def test_the_attention_benchmark_times_each_kernel_inside_unet_calls(tiny_dir):
+    """--unet: each kernel in whole calls of a UNet (the tiny checkpoint's), with the output's error against the
+    float32 UNet's; in float32 every kernel gives that output, in bfloat16 each is a half model's error away."""
+    import bench_attention
+    rows = bench_attention.main(["--unet", "--ckpt", str(tiny_dir / "tiny.safetensors"), "--side", "8",
+                                 "--batch", "2", "--dtypes", "float32", "bfloat16", "--repeats", "1", "--no-flex"])
+    assert [(r["dtype"], r["kernel"]) for r in rows] == [
+        (d, k) for d in ("float32", "bfloat16")
+        for k in ("fused", "fused on float32 copies", "chunked", "oneDNN Graph, scores in dtype")]
+    assert all(r["median_s"] > 0 for r in rows)
+    assert all(r["error"] < 1e-5 for r in rows if r["dtype"] == "float32"), rows
+    assert all(1e-4 < r["error"] < 5e-2 for r in rows if r["dtype"] == "bfloat16"), rows
 
 
 def test_the_attention_benchmark_times_openvino_beside_torch():

@@ -104,10 +104,10 @@ def build_unet(args):
     return random_module(unet, "model.diffusion_model.")
 
 
-def unet_inputs(batch: int, size: int, dtype, device):
+def unet_inputs(batch: int, size: int, dtype, device, channels: int = 4, context_dim: int = 1024):
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, 4, size // 8, size // 8, generator=g)
-    context = torch.randn(batch, 77, 1024, generator=g)
+    x = torch.randn(batch, channels, size // 8, size // 8, generator=g)
+    context = torch.randn(batch, 77, context_dim, generator=g)
     return x.to(device, dtype), torch.full((batch,), 500, device=device), context.to(device, dtype)
 
 
