@@ -156,6 +156,27 @@ def test_cpu_paths_follow_the_measurement(monkeypatch):
     assert accel.policy("mps").attention is fast.sdpa_chunked
 
 
+def test_a_model_accelerated_again_takes_the_paths_of_its_new_dtype(monkeypatch, tiny_sd, cases):
+    """A float32 model's bf16 copy, accelerated again (as tools and tests make them), gets bf16's paths: the
+    classes chosen for float32 are undone first, and the folded upsampling's kernels are made anew."""
+    monkeypatch.setattr(accel, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+    monkeypatch.setattr(accel, "measured_paths",
+                        lambda dtype: ALL_PATHS if dtype == torch.float32 else dict.fromkeys(ALL_PATHS, False))
+    unet = accel.accelerate(copy.deepcopy(tiny_sd.unet), "cpu")
+    kinds = {type(m) for m in unet.modules()}
+    assert {CpuConv2d, ConvLinear, FoldedUpsample} <= kinds
+    assert all(m.slice_weights and not m.check_bf16 for m in unet.modules() if type(m) is CpuConv2d)
+    with torch.no_grad():
+        unet(cases["unet_x"], cases["unet_t"], cases["unet_context"])  # (the folded kernels are kept after a call)
+    accel.accelerate(unet.bfloat16(), "cpu")
+    kinds = {type(m) for m in unet.modules()}
+    assert ConvLinear not in kinds and torch.nn.Linear in kinds and FoldedUpsample in kinds
+    convs = [m for m in unet.modules() if type(m) is CpuConv2d]
+    assert convs and all(m.check_bf16 and not m.slice_weights for m in convs)
+    assert all(m._kernels is None for m in unet.modules() if type(m) is FoldedUpsample)
+    assert all(m.attention is fast.sdpa_float32 for m in unet.modules() if "attention" in m.__dict__)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_group_norm_matches_the_float32_copy(dtype):
     """GroupNorm32 without its float32 copy (CUDA's half kernels accumulate in float32): within one

@@ -109,14 +109,21 @@ def plain_conv(m) -> bool:
         and not isinstance(m.padding, str)
 
 
+# The classes `accelerate` swaps in, each a subclass of the plain class it replaces.
+FAST_MODULES = (HalfGroupNorm32, FoldedUpsample, RowSlicedFeedForward, CpuConv2d, ConvLinear)
+
+
 def accelerate(model: nn.Module, device=None) -> nn.Module:
     """Apply the fast paths of `device` (default: the model's own) at the model's dtype to `model` in place;
-    returns it."""
+    returns it. A model accelerated before (a copy converted to another dtype, say) has its paths chosen
+    again, not kept from the dtype they were chosen for."""
     weight = next(model.parameters())
     p = policy(device if device is not None else weight.device, weight.dtype)
     projections = {id(m) for t in model.modules() if isinstance(t, SpatialTransformer)
-                   for m in t.modules() if type(m) is nn.Linear}
+                   for m in t.modules() if type(m) in (nn.Linear, ConvLinear)}
     for m in model.modules():
+        if type(m) in FAST_MODULES:
+            m.__class__ = type(m).__base__
         if type(m) is GroupNorm32 and p.half_group_norm:
             m.__class__ = HalfGroupNorm32
         elif type(m) is Upsample and p.fold_upsample:
@@ -129,8 +136,8 @@ def accelerate(model: nn.Module, device=None) -> nn.Module:
             m.__class__ = ConvLinear
         if hasattr(type(m), "attention"):
             m.attention = p.attention
-    if isinstance(model, AutoencoderKL) and p.vae_channels_last:
-        model.to(memory_format=torch.channels_last)
+    if isinstance(model, AutoencoderKL):
+        model.to(memory_format=torch.channels_last if p.vae_channels_last else torch.contiguous_format)
     if p.keep_freed_memory:
         heap.keep_freed_memory()
     return model
