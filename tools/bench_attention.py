@@ -17,14 +17,13 @@ import argparse
 import copy
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench import build_unet, machine_line, openvino_compile, unet_inputs  # noqa: E402
-from ldm.accel import accelerate, modules as fast  # noqa: E402
+from bench import build_unet, interleaved, machine_line, openvino_compile, unet_inputs  # noqa: E402
+from ldm.accel import accelerate, modules as fast, set_attention  # noqa: E402
 from ldm.load.checkpoint import parse_dtype  # noqa: E402
 from ldm.nets.attention import attention  # noqa: E402
 
@@ -97,17 +96,13 @@ def measure(shape, dtype, flex: bool, repeats: int, peer: list = ()) -> list:
     found = kernels(flex)
     if "openvino" in peer:
         found["OpenVINO's SDPA"] = openvino_sdpa(q, k, v)
-    rows = {name: {"kernel": name, "error": (fn(q, k, v).float() - reference).abs().max().item(), "times": []}
-            for name, fn in found.items()}  # (the first call of each compiles, where it compiles)
-    for _ in range(repeats):
-        for name, fn in found.items():
-            t0 = time.perf_counter()
-            fn(q, k, v)
-            rows[name]["times"].append(time.perf_counter() - t0)
-    for row in rows.values():
-        row["median_s"] = statistics.median(row.pop("times"))
+    rows = [{"kernel": name, "error": (fn(q, k, v).float() - reference).abs().max().item()}
+            for name, fn in found.items()]  # (the first call of each compiles, where it compiles)
+    calls = [lambda fn=fn: fn(q, k, v) for fn in found.values()]
+    for row, times in zip(rows, interleaved(calls, torch.device("cpu"), repeats)):
+        row["median_s"] = statistics.median(times)
         row["gflops"] = flops / row["median_s"] / 1e9
-    return list(rows.values())
+    return rows
 
 
 def main(argv=None):
@@ -140,14 +135,6 @@ def main(argv=None):
     return results
 
 
-def with_kernel(model, kernel):
-    """`model` with every attention of it computed by `kernel` (the slot the acceleration layer fills)."""
-    for m in model.modules():
-        if hasattr(type(m), "attention"):
-            m.attention = kernel
-    return model
-
-
 def unet_calls(a) -> list:
     """Per dtype and kernel: the median seconds of a UNet call (one model, its kernel swapped between calls,
     the kernels in turn) and the relative error (norm of the difference over the norm) of its output against
@@ -156,30 +143,24 @@ def unet_calls(a) -> list:
     context_dim = next(m.in_features for name, m in unet.named_modules() if name.endswith("attn2.to_k"))
     x, t, ctx = unet_inputs(a.batch, a.side * 8, torch.float32, "cpu", unet.input_blocks[0][0].in_channels, context_dim)
     with torch.no_grad():
-        reference = with_kernel(accelerate(unet.float()), fast.sdpa)(x, t, ctx).double()
+        reference = set_attention(accelerate(unet.float()), fast.sdpa)(x, t, ctx).double()
         results = []
         for dtype_name in a.dtypes:
             dtype = parse_dtype(dtype_name)
             model, inputs = accelerate(copy.deepcopy(unet).to(dtype)), (x.to(dtype), t, ctx.to(dtype))
-            found = kernels(not a.no_flex)
-            rows = {}
-            for name, kernel in found.items():
-                out = with_kernel(model, kernel)(*inputs).double()
-                rows[name] = {"dtype": dtype_name, "kernel": name, "times": [],
-                              "error": ((out - reference).norm() / reference.norm()).item()}
-            for _ in range(a.repeats):
-                for name, kernel in found.items():
-                    with_kernel(model, kernel)
-                    t0 = time.perf_counter()
-                    model(*inputs)
-                    rows[name]["times"].append(time.perf_counter() - t0)
-            for row in rows.values():
-                row["median_s"] = statistics.median(row.pop("times"))
+            calls = {name: lambda kernel=kernel, model=model: set_attention(model, kernel)(*inputs)
+                     for name, kernel in kernels(not a.no_flex).items()}
+            rows = [{"dtype": dtype_name, "kernel": name,
+                     "error": ((call().double() - reference).norm() / reference.norm()).item()}
+                    for name, call in calls.items()]
+            for row, times in zip(rows, interleaved(list(calls.values()), torch.device("cpu"), a.repeats)):
+                row["median_s"] = statistics.median(times)
                 print(f"{dtype_name:>9} UNet {a.batch} x {a.side}x{a.side} {row['kernel']:>30}: "
                       f"{row['median_s']:7.2f} s  relative error {row['error']:.3g}")
-            results += rows.values()
-            del model
+            results += rows
+            del model, calls
     return results
+
 
 if __name__ == "__main__":
     main()

@@ -45,8 +45,8 @@ from .machine import measured_paths, path_names
 from . import heap, modules as fast
 from .modules import ConvLinear, CpuConv2d, FoldedUpsample, HalfGroupNorm32, RowSlicedFeedForward
 
-__all__ = ["Policy", "policy", "default_dtype", "accelerate", "compile_model", "cpu_flags", "cpu_model",
-           "ConvLinear", "CpuConv2d", "FoldedUpsample", "HalfGroupNorm32", "RowSlicedFeedForward"]
+__all__ = ["Policy", "policy", "default_dtype", "accelerate", "set_attention", "compile_model", "cpu_flags",
+           "cpu_model", "ConvLinear", "CpuConv2d", "FoldedUpsample", "HalfGroupNorm32", "RowSlicedFeedForward"]
 
 
 COMPILED_BATCH = 4  # rows of each call to a CPU-compiled UNet whose batch would vary (2 frames with guidance)
@@ -134,12 +134,20 @@ def accelerate(model: nn.Module, device=None) -> nn.Module:
             m.__class__, m.slice_weights, m.check_bf16 = CpuConv2d, p.slice_convs, p.check_bf16_convs
         elif id(m) in projections and p.linear_as_conv:
             m.__class__ = ConvLinear
-        if hasattr(type(m), "attention"):
-            m.attention = p.attention
+    set_attention(model, p.attention)
     if isinstance(model, AutoencoderKL):
         model.to(memory_format=torch.channels_last if p.vae_channels_last else torch.contiguous_format)
     if p.keep_freed_memory:
         heap.keep_freed_memory()
+    return model
+
+
+def set_attention(model: nn.Module, kernel) -> nn.Module:
+    """Compute every attention of `model` (the modules whose class has the reference formula as `attention`)
+    with `kernel`; returns the model."""
+    for m in model.modules():
+        if hasattr(type(m), "attention"):
+            m.attention = kernel
     return model
 
 
